@@ -1,0 +1,36 @@
+"""The kernel layer: system calls and namespaces (chapter 1).
+
+Everything above this package reaches the kernel through these names.
+"""
+
+from mini_docker.kernel.constants import *  # noqa: F401,F403  (CLONE_*, MS_*, MNT_*, PR_*)
+from mini_docker.kernel.namespaces import (  # noqa: F401
+    ALL_FLAGS,
+    CONTAINER_FLAGS,
+    NAMESPACES,
+    NamespaceKind,
+    namespace_id,
+    namespace_ids,
+    shared_with,
+)
+from mini_docker.kernel.process import (  # noqa: F401
+    ChildError,
+    exit_status,
+    fork,
+    make_mounts_private,
+    mount_proc,
+    reap_children,
+    run_isolated,
+)
+from mini_docker.kernel.syscalls import (  # noqa: F401
+    SyscallError,
+    flag_names,
+    mount,
+    pivot_root,
+    prctl,
+    sethostname,
+    setns,
+    syscall_error,
+    umount2,
+    unshare,
+)

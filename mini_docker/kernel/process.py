@@ -1,0 +1,190 @@
+"""Running a Python function in a child process with namespaces of its own.
+
+There are two ways to give a process new namespaces. clone(2) creates the
+child directly inside them; unshare(2) moves the caller into them. Python
+offers fork but not clone, so we fork first and unshare in the child:
+
+    parent ──fork──▶ child ──unshare(flags)──▶ child in new namespaces
+
+Three details make this correct rather than merely working:
+
+* A new PID namespace does not move the caller, only its future children: the
+  first child forked after `unshare(CLONE_NEWPID)` is PID 1 there. So with
+  CLONE_NEWPID the child forks once more and waits for that PID 1, passing on
+  its exit status.
+* Some set-up must be done from outside, by the parent, after the child has
+  unshared and before it goes on: writing the UID map of a new user namespace
+  is the classic case. The two sides wait for each other over a pair of pipes,
+  as runc does with its "sync pipe".
+* A forked child of a Jupyter kernel must never print or return through the
+  kernel's machinery. It sends its result back through a third pipe, pickled,
+  and leaves with `os._exit`, so no clean-up code of the parent runs twice.
+
+The child also asks the kernel to kill it if the parent dies (PR_SET_PDEATHSIG),
+so nothing is left running when a notebook's kernel is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import traceback
+import warnings
+from typing import Any, Callable, TypeVar
+
+from mini_docker.kernel import constants as C
+from mini_docker.kernel.syscalls import mount, prctl, unshare
+
+T = TypeVar("T")
+
+
+class ChildError(RuntimeError):
+    """The function failed in the child in a way that could not be sent back as is."""
+
+
+def fork() -> int:
+    """os.fork, quiet about threads.
+
+    Python 3.12 warns when a process with threads forks (a Jupyter kernel has
+    several). The child here only runs our code and then calls exec or
+    _exit, which is the pattern that is safe, so the warning is noise.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def exit_status(wait_status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + the signal."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def reap_children() -> list[tuple[int, int]]:
+    """Collect every child that has already exited, without blocking.
+
+    Returns (pid, exit status) pairs. A process that does not do this leaves
+    its dead children as zombies; for PID 1 that includes every orphan of the
+    namespace, since orphans are handed to it.
+    """
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # no children at all
+            break
+        if pid == 0:  # children remain, but none has exited
+            break
+        reaped.append((pid, exit_status(status)))
+    return reaped
+
+
+def make_mounts_private() -> None:
+    """Stop mount events propagating between this mount namespace and the host's.
+
+    A new mount namespace starts as a copy whose mounts are still *shared*
+    with the host's (systemd makes / shared), so a mount made inside would
+    appear outside too. Marking everything private, recursively, cuts that tie.
+    """
+    mount(None, "/", None, C.MS_REC | C.MS_PRIVATE)
+
+
+def mount_proc(target: str = "/proc") -> None:
+    """Mount a fresh procfs at `target`, showing this process's PID namespace."""
+    mount("proc", target, "proc", C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC)
+
+
+def run_isolated(fn: Callable[..., T], *args: Any, flags: int = 0,
+                 parent_setup: Callable[[int], None] | None = None, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` in a child process in new namespaces; return its result.
+
+    `flags` is an OR of CLONE_NEW* constants. `parent_setup(pid)`, if given,
+    runs in the parent after the child has unshared and before it goes on
+    (e.g. to write a user namespace's ID maps). The result, or the exception
+    `fn` raised, comes back pickled; an exception is re-raised here.
+    """
+    result_r, result_w = os.pipe()
+    ready_r, ready_w = os.pipe()  # child -> parent: "I have unshared"
+    go_r, go_w = os.pipe()  # parent -> child: "carry on"
+    pid = fork()
+    if pid == 0:
+        os.close(result_r), os.close(ready_r), os.close(go_w)
+        _child(fn, args, kwargs, flags, ready_w, go_r, result_w)  # never returns
+    os.close(result_w), os.close(ready_w), os.close(go_r)
+    try:
+        if os.read(ready_r, 1) and parent_setup is not None:
+            parent_setup(pid)
+        try:
+            os.write(go_w, b"1")
+        except BrokenPipeError:  # the child failed to unshare and has gone
+            pass
+        data = _read_all(result_r)
+    finally:
+        for fd in (result_r, ready_r, go_w):
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    return _unpack(data, status)
+
+
+def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, flags: int,
+           ready_w: int, go_r: int, result_w: int) -> None:
+    status = 1
+    try:
+        prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+        unshare(flags)
+        os.write(ready_w, b"1")
+        os.read(go_r, 1)
+        if flags & C.CLONE_NEWPID:
+            pid1 = fork()  # the first child in the new PID namespace: its PID 1
+            if pid1 == 0:
+                prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+                _report(fn, args, kwargs, result_w)
+            os.close(result_w)
+            _, wait_status = os.waitpid(pid1, 0)
+            status = exit_status(wait_status)
+        else:
+            _report(fn, args, kwargs, result_w)
+    except BaseException as err:  # unshare failed: say so, then leave
+        _send(result_w, ("error", err, traceback.format_exc()))
+    finally:
+        os._exit(status)
+
+
+def _report(fn: Callable[..., Any], args: tuple, kwargs: dict, result_w: int) -> None:
+    """Run fn and send back its result or its exception; then leave the process."""
+    status = 0
+    try:
+        message = ("ok", fn(*args, **kwargs), "")
+    except BaseException as err:
+        message, status = ("error", err, traceback.format_exc()), 1
+    _send(result_w, message)
+    os._exit(status)
+
+
+def _send(fd: int, message: tuple) -> None:
+    try:
+        data = pickle.dumps(message)
+    except Exception:  # an unpicklable result or exception: send its text
+        kind, value, tb = message
+        data = pickle.dumps(("error", ChildError(f"{type(value).__name__}: {value}"), tb))
+    with os.fdopen(fd, "wb") as pipe:
+        pipe.write(data)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _unpack(data: bytes, wait_status: int) -> Any:
+    if not data:
+        raise ChildError(f"the child exited without a result (exit status {exit_status(wait_status)})")
+    kind, value, child_traceback = pickle.loads(data)
+    if kind == "error":
+        value.add_note("raised in the isolated child process")
+        raise value
+    return value
