@@ -9,9 +9,10 @@ offers fork but not clone, so we fork first and unshare in the child:
 Three details make this correct rather than merely working:
 
 * A new PID namespace does not move the caller, only its future children: the
-  first child forked after `unshare(CLONE_NEWPID)` is PID 1 there. So with
-  CLONE_NEWPID the child forks once more and waits for that PID 1, passing on
-  its exit status.
+  first child forked after `unshare(CLONE_NEWPID)` is PID 1 there. (A new time
+  namespace behaves the same way.) So with CLONE_NEWPID or CLONE_NEWTIME the
+  child forks once more and waits for that grandchild, passing on its exit
+  status.
 * Some set-up must be done from outside, by the parent, after the child has
   unshared and before it goes on: writing the UID map of a new user namespace
   is the classic case. The two sides wait for each other over a pair of pipes,
@@ -37,6 +38,9 @@ from mini_docker.kernel import constants as C
 from mini_docker.kernel.syscalls import mount, prctl, unshare
 
 T = TypeVar("T")
+
+# Namespaces that unshare(2) creates for the caller's future children only.
+FOR_CHILDREN_ONLY = C.CLONE_NEWPID | C.CLONE_NEWTIME
 
 
 class ChildError(RuntimeError):
@@ -136,8 +140,8 @@ def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, flags: int,
         unshare(flags)
         os.write(ready_w, b"1")
         os.read(go_r, 1)
-        if flags & C.CLONE_NEWPID:
-            pid1 = fork()  # the first child in the new PID namespace: its PID 1
+        if flags & FOR_CHILDREN_ONLY:
+            pid1 = fork()  # the first child in the new namespaces (PID 1 in a new PID one)
             if pid1 == 0:
                 prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
                 _report(fn, args, kwargs, result_w)
@@ -166,9 +170,11 @@ def _report(fn: Callable[..., Any], args: tuple, kwargs: dict, result_w: int) ->
 def _send(fd: int, message: tuple) -> None:
     try:
         data = pickle.dumps(message)
-    except Exception:  # an unpicklable result or exception: send its text
+    except Exception as err:  # an unpicklable result or exception: say what it was
         kind, value, tb = message
-        data = pickle.dumps(("error", ChildError(f"{type(value).__name__}: {value}"), tb))
+        what = "result" if kind == "ok" else f"exception {type(value).__name__}: {value}"
+        failure = ChildError(f"the {what} could not be sent back from the child: {err}")
+        data = pickle.dumps(("error", failure, tb))
     with os.fdopen(fd, "wb") as pipe:
         pipe.write(data)
 

@@ -1,0 +1,60 @@
+"""What a test could leave behind on the host, captured so it can be compared.
+
+A container engine that leaks a mount, a process or a network link on every
+run breaks the machine it runs on slowly. Every test is bracketed by two
+snapshots of the host, and a difference fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+
+def _mount_points() -> frozenset[str]:
+    with open("/proc/self/mountinfo") as f:
+        return frozenset(line.split()[4] for line in f)
+
+
+def _children() -> frozenset[int]:
+    return frozenset(p.pid for p in psutil.Process().children(recursive=True))
+
+
+def _links() -> frozenset[str]:
+    return frozenset(name for _, name in socket.if_nameindex())
+
+
+def _netns() -> frozenset[str]:
+    run = Path("/run/netns")
+    return frozenset(os.listdir(run)) if run.is_dir() else frozenset()
+
+
+def _cgroups() -> frozenset[str]:
+    found = set()
+    root = Path("/sys/fs/cgroup")
+    for hierarchy in (root, *root.iterdir()) if root.is_dir() else ():
+        if hierarchy.is_dir():
+            found.update(str(p) for p in hierarchy.glob("*mini*") if p.is_dir())
+    return frozenset(found)
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    mounts: frozenset[str] = field(default_factory=_mount_points)
+    children: frozenset[int] = field(default_factory=_children)
+    links: frozenset[str] = field(default_factory=_links)
+    netns: frozenset[str] = field(default_factory=_netns)
+    cgroups: frozenset[str] = field(default_factory=_cgroups)
+
+    def leaked_since(self, before: "HostSnapshot") -> dict[str, list]:
+        """What exists now that did not exist in `before`, by kind."""
+        leaks = {}
+        for kind in ("mounts", "children", "links", "netns", "cgroups"):
+            new = sorted(getattr(self, kind) - getattr(before, kind))
+            if new:
+                leaks[kind] = new
+        return leaks
