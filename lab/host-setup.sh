@@ -15,8 +15,9 @@ packages=(busybox-static iproute2 iptables nftables kmod procps psmisc util-linu
           python3 python3-venv make git ca-certificates)
 
 if [[ "${1:-}" == "--test" ]]; then
-    # cloud-init validates the lab's user-data; chromium screenshots the book.
-    packages+=(cloud-init chromium)
+    # cloud-init validates the lab's user-data, ruby checks the Vagrantfile,
+    # chromium screenshots the book.
+    packages+=(cloud-init ruby chromium)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
