@@ -28,7 +28,20 @@ from typing import Iterable
 
 from mini_docker.kernel import constants as C
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _load_libc() -> ctypes.CDLL:
+    # find_library runs ldconfig in a subprocess (tens of milliseconds): try
+    # glibc's and musl's usual names first.
+    for name in ("libc.so.6", "libc.so"):
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+_libc = _load_libc()
 _libc.syscall.restype = ctypes.c_long
 
 Path = str | bytes | os.PathLike
