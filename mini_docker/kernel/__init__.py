@@ -34,3 +34,21 @@ from mini_docker.kernel.syscalls import (  # noqa: F401
     umount2,
     unshare,
 )
+from mini_docker.kernel.capabilities import (  # noqa: F401
+    CAPABILITIES,
+    DOCKER_DEFAULT_CAPS,
+    CapSets,
+    Credentials,
+    apply_process_capabilities,
+    cap_number,
+    capget,
+    capset,
+    change_user,
+    drop_bounding,
+    from_mask,
+    keep_caps_across_setuid,
+    last_cap,
+    set_ambient,
+    to_mask,
+    unsupported_caps,
+)

@@ -20,7 +20,6 @@ Nothing above this package calls libc directly.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -38,7 +37,9 @@ def _load_libc() -> ctypes.CDLL:
             return ctypes.CDLL(name, use_errno=True)
         except OSError:
             continue
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    from ctypes.util import find_library
+
+    return ctypes.CDLL(find_library("c"), use_errno=True)
 
 
 _libc = _load_libc()
