@@ -25,3 +25,20 @@ def no_leaks():
 @pytest.fixture
 def project_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory) -> Path:
+    """One busybox root filesystem for the whole session (containers see it read-only)."""
+    from mini_docker.image.bootstrap import busybox_rootfs as build
+
+    return build(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture
+def runtime_root(tmp_path) -> Path:
+    """A private runtime state root; any container left in it fails the test."""
+    root = tmp_path / "runtime-root"
+    yield root
+    leftovers = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    assert leftovers == [], f"containers left in the runtime root: {leftovers}"

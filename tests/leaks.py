@@ -24,6 +24,26 @@ def _children() -> frozenset[int]:
     return frozenset(p.pid for p in psutil.Process().children(recursive=True))
 
 
+def _namespaced_processes() -> frozenset[int]:
+    """Live processes in another PID namespace than ours: containers, wherever re-parented.
+
+    A dead one waiting for the host's init to reap it (a zombie) is not counted.
+    """
+    mine = os.readlink("/proc/self/ns/pid")
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == mine:
+                    continue
+                with open(f"/proc/{entry}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return frozenset(found)
+
+
 def _links() -> frozenset[str]:
     return frozenset(name for _, name in socket.if_nameindex())
 
@@ -46,6 +66,7 @@ def _cgroups() -> frozenset[str]:
 class HostSnapshot:
     mounts: frozenset[str] = field(default_factory=_mount_points)
     children: frozenset[int] = field(default_factory=_children)
+    containers: frozenset[int] = field(default_factory=_namespaced_processes)
     links: frozenset[str] = field(default_factory=_links)
     netns: frozenset[str] = field(default_factory=_netns)
     cgroups: frozenset[str] = field(default_factory=_cgroups)
@@ -53,7 +74,7 @@ class HostSnapshot:
     def leaked_since(self, before: "HostSnapshot") -> dict[str, list]:
         """What exists now that did not exist in `before`, by kind."""
         leaks = {}
-        for kind in ("mounts", "children", "links", "netns", "cgroups"):
+        for kind in ("mounts", "children", "containers", "links", "netns", "cgroups"):
             new = sorted(getattr(self, kind) - getattr(before, kind))
             if new:
                 leaks[kind] = new

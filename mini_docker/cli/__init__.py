@@ -16,6 +16,8 @@ from mini_docker.errors import MiniDockerError
 # sub-command -> (module under mini_docker.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("check_config", "Report what this host supports and what is missing"),
+    "image": ("image", "Manage images"),
+    "runtime": ("runtime", "The OCI runtime (runc's command line): create, start, run..."),
     "version": ("version", "Show the mini-docker version"),
 }
 

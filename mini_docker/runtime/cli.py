@@ -1,0 +1,242 @@
+"""`mini-runc`: the runtime's command line, shaped like runc's.
+
+containerd's runc shim and dockerd call an OCI runtime with runc's global
+flags and verbs (shared/reference has a trace). Speaking the same command
+line lets them use mini-runc in place of runc:
+
+    dockerd --add-runtime mini=/usr/local/bin/mini-runc
+    docker run --runtime mini busybox echo hi
+
+Errors go to stderr and, when --log is given, to that file as one JSON
+object per line ({"level": "error", "msg": ..., "time": ...}), which is
+where containerd looks for the reason a runtime failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from mini_docker import __version__
+from mini_docker.errors import MiniDockerError
+
+RUNC_COMPATIBLE = "1.1.5"
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="An OCI runtime, runc's command line.")
+    p.add_argument("--root", default=None, help="where container state lives "
+                   "(default /run/mini-docker/runtime)")
+    p.add_argument("--log", default=None, help="file to write errors and debug messages to")
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--systemd-cgroup", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--rootless", default=None, help="accepted for runc compatibility")
+    p.add_argument("--criu", default=None, help="accepted for runc compatibility")
+    p.add_argument("-v", "--version", action="store_true")
+    verbs = p.add_subparsers(dest="verb", metavar="COMMAND")
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, help=text, description=text)
+
+    def with_create_flags(v: argparse.ArgumentParser) -> None:
+        v.add_argument("-b", "--bundle", default=".", help="the bundle directory")
+        v.add_argument("--pid-file", default=None)
+        v.add_argument("--console-socket", default=None)
+        v.add_argument("--preserve-fds", type=int, default=0)
+        v.add_argument("--no-pivot", action="store_true")
+        v.add_argument("--no-new-keyring", action="store_true")
+        v.add_argument("id")
+
+    with_create_flags(verb("create", "create a container, its init waiting for start"))
+    run = verb("run", "create, start and wait for a container")
+    with_create_flags(run)
+    run.add_argument("-d", "--detach", action="store_true")
+    run.add_argument("--keep", action="store_true", help="do not delete it after it exits")
+    verb("start", "start a created container").add_argument("id")
+    verb("state", "print a container's state as JSON").add_argument("id")
+    k = verb("kill", "send a signal to a container's init")
+    k.add_argument("-a", "--all", action="store_true", help="to every process in the container")
+    k.add_argument("id")
+    k.add_argument("signal", nargs="?", default="SIGTERM")
+    d = verb("delete", "delete a stopped container")
+    d.add_argument("-f", "--force", action="store_true")
+    d.add_argument("id")
+    e = verb("exec", "run another process in a running container")
+    e.add_argument("-p", "--process", default=None, help="a JSON file with the process object")
+    e.add_argument("-d", "--detach", action="store_true")
+    e.add_argument("--pid-file", default=None)
+    e.add_argument("--console-socket", default=None)
+    e.add_argument("-t", "--tty", action="store_true")
+    e.add_argument("--cwd", default=None)
+    e.add_argument("-e", "--env", action="append", default=[])
+    e.add_argument("-u", "--user", default=None, help="UID[:GID]")
+    e.add_argument("--preserve-fds", type=int, default=0)
+    e.add_argument("id")
+    e.add_argument("command", nargs=argparse.REMAINDER)
+    ps = verb("ps", "list the processes in a container")
+    ps.add_argument("-f", "--format", default="table", choices=["table", "json"])
+    ps.add_argument("id")
+    ls = verb("list", "list containers")
+    ls.add_argument("-f", "--format", default="table", choices=["table", "json"])
+    ls.add_argument("-q", "--quiet", action="store_true")
+    sp = verb("spec", "write a default config.json")
+    sp.add_argument("-b", "--bundle", default=".")
+    sp.add_argument("--rootless", action="store_true")
+    verb("features", "print what this runtime supports, as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "mini-runc") -> int:
+    args = _parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    if args.version:
+        print(f"{prog} version {__version__}\ncommit: runc-compatible {RUNC_COMPATIBLE}\n"
+              f"spec: 1.0.2-dev")
+        return 0
+    if not args.verb:
+        _parser(prog).print_help()
+        return 2
+    try:
+        return int(_dispatch(args) or 0)
+    except (MiniDockerError, OSError) as err:
+        message = str(err)
+        _log(args, "error", message)
+        print(f"{prog}: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _log(args: argparse.Namespace, level: str, message: str) -> None:
+    if not args.log:
+        return
+    from mini_docker.runtime.state import now_rfc3339
+
+    with open(args.log, "a") as f:
+        if args.log_format == "json":
+            f.write(json.dumps({"level": level, "msg": message, "time": now_rfc3339()}) + "\n")
+        else:
+            f.write(f"{now_rfc3339()} {level}: {message}\n")
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    import mini_docker.runtime as rt
+
+    root = args.root
+    if args.verb == "create":
+        rt.create(args.id, args.bundle, root=root, pid_file=args.pid_file,
+                  console_socket=args.console_socket, preserve_fds=args.preserve_fds)
+    elif args.verb == "start":
+        rt.start(args.id, root=root)
+    elif args.verb == "run":
+        return rt.run(args.id, args.bundle, root=root, pid_file=args.pid_file,
+                      console_socket=args.console_socket, detach=args.detach, keep=args.keep)
+    elif args.verb == "state":
+        print(json.dumps(rt.state(args.id, root=root), indent=2))
+    elif args.verb == "kill":
+        rt.kill(args.id, args.signal, all_processes=args.all, root=root)
+    elif args.verb == "delete":
+        _delete(args, rt)
+    elif args.verb == "exec":
+        return _exec(args, rt)
+    elif args.verb == "ps":
+        _ps(args, rt)
+    elif args.verb == "list":
+        _list(args, rt)
+    elif args.verb == "spec":
+        _spec(args, rt)
+    elif args.verb == "features":
+        from mini_docker.runtime.features import features
+
+        print(json.dumps(features(), indent=2))
+    return 0
+
+
+def _delete(args: argparse.Namespace, rt) -> None:
+    from mini_docker.errors import NotFound
+
+    try:
+        rt.delete(args.id, force=args.force, root=args.root)
+    except NotFound:
+        if not args.force:  # runc: deleting what is gone, with --force, is not an error
+            raise
+
+
+def _exec(args: argparse.Namespace, rt) -> int:
+    from mini_docker.kernel import constants as C
+    from mini_docker.kernel import prctl
+    from mini_docker.runtime.spec import Process, User
+
+    if args.process:
+        process = rt.load_process(args.process)
+    else:
+        if not args.command:
+            raise MiniDockerError("exec needs a command or --process FILE")
+        state = rt.state(args.id, root=args.root)
+        base = rt.load(state["bundle"]).process
+        uid, _, gid = (args.user or f"{base.user.uid}:{base.user.gid}").partition(":")
+        process = Process(args=args.command, env=base.env + args.env, cwd=args.cwd or base.cwd,
+                          user=User(int(uid), int(gid or 0)), terminal=args.tty,
+                          capabilities=base.capabilities,
+                          no_new_privileges=base.no_new_privileges)
+    console = None
+    if process.terminal:
+        if not args.console_socket:
+            raise MiniDockerError("a terminal needs --console-socket")
+        from mini_docker.runtime.create import _connect
+
+        console = _connect(args.console_socket)
+    if not args.detach:
+        prctl(C.PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        return rt.exec_in(args.id, process, root=args.root, detach=args.detach,
+                          pid_file=args.pid_file, preserve_fds=args.preserve_fds,
+                          console=console.fileno() if console else None)
+    finally:
+        if console:
+            console.close()
+
+
+def _ps(args: argparse.Namespace, rt) -> None:
+    from mini_docker.runtime.kill import processes
+
+    states = rt.StateDir(args.root) if args.root else rt.StateDir()
+    pids = processes(states.load(args.id))
+    if args.format == "json":
+        print(json.dumps(pids))
+        return
+    print(f"{'PID':>7}  CMD")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except FileNotFoundError:
+            continue
+        print(f"{pid:>7}  {cmd}")
+
+
+def _list(args: argparse.Namespace, rt) -> None:
+    states = rt.StateDir(args.root) if args.root else rt.StateDir()
+    reports = [states.report(states.load(i)) for i in states.ids()]
+    if args.quiet:
+        print("\n".join(r["id"] for r in reports))
+    elif args.format == "json":
+        print(json.dumps(reports))
+    else:
+        print(f"{'ID':<20} {'PID':>7}  {'STATUS':<8} {'BUNDLE':<40} CREATED")
+        for r in reports:
+            print(f"{r['id']:<20} {r['pid']:>7}  {r['status']:<8} {r['bundle']:<40} {r['created']}")
+
+
+def _spec(args: argparse.Namespace, rt) -> None:
+    path = os.path.join(args.bundle, "config.json")
+    if os.path.exists(path):
+        raise MiniDockerError(f"File {path} exists. Remove it first")
+    with open(path, "w") as f:
+        json.dump(rt.default_spec(), f, indent="\t")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

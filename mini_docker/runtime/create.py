@@ -1,0 +1,157 @@
+"""`create`: make the container, up to its init blocked before the user's program.
+
+The runtime's side of the exchange described in init.py: reserve the id, make
+the FIFO, fork, answer the child's requests, and once the init reports ready,
+write the state and the pid file. If anything fails, everything made so far
+is undone: the init killed, the state directory removed. (The container's
+mounts live in its own mount namespace and vanish with its last process.)
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+from pathlib import Path
+
+from mini_docker.errors import InvalidArgument, MiniDockerError
+from mini_docker.kernel import fork
+from mini_docker.runtime import spec as oci
+from mini_docker.runtime.init import InitContext, new_namespace_flags, stage1
+from mini_docker.runtime.spec import IDMapping, Spec
+from mini_docker.runtime.state import ContainerState, StateDir, now_rfc3339, process_start_time
+from mini_docker.runtime.sync import SyncPipe
+
+
+class CreateError(MiniDockerError):
+    """The container could not be created; the message is the child's reason."""
+
+
+def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathLike | None = None,
+           pid_file: str | None = None, console_socket: str | None = None,
+           preserve_fds: int = 0) -> ContainerState:
+    """Create container `container_id` from `bundle`; return its state ("created")."""
+    bundle = os.path.abspath(bundle)
+    spec = oci.load(bundle)
+    _check(spec, console_socket)
+    states = StateDir(root) if root else StateDir()
+    directory = states.reserve(container_id)
+    init_pid = None
+    try:
+        fifo = directory / "exec.fifo"
+        os.mkfifo(fifo, 0o600)
+        console = _connect(console_socket) if console_socket else None
+        ctx = InitContext(spec=spec, bundle=bundle, rootfs=str(oci.root_path(spec, bundle)),
+                          fifo=str(fifo), sync=SyncPipe.open(), preserve_fds=preserve_fds,
+                          console=console.fileno() if console else None)
+        child = fork()
+        if child == 0:
+            stage1(ctx)  # never returns
+        if console:
+            console.close()
+        init_pid = _converse(ctx, spec, child)
+        state = ContainerState(
+            id=container_id, bundle=bundle, rootfs=ctx.rootfs, pid=init_pid,
+            start_time=process_start_time(init_pid) or 0, created=now_rfc3339(),
+            owner=_owner(), oci_version=spec.oci_version, annotations=spec.annotations,
+            terminal=bool(spec.process and spec.process.terminal))
+        states.save(state)
+        if pid_file:
+            _write_atomically(pid_file, f"{init_pid}")
+        return state
+    except BaseException:
+        if init_pid:
+            _kill_quietly(init_pid)
+        states.remove(container_id)
+        raise
+
+
+def _check(spec: Spec, console_socket: str | None) -> None:
+    if spec.process is None:
+        raise InvalidArgument("config.json: process is missing: there is nothing to run")
+    if spec.linux.namespace("mount") is None:
+        raise InvalidArgument("config.json: linux.namespaces needs a mount namespace")
+    if spec.process.terminal and not console_socket:
+        raise InvalidArgument("process.terminal is true: a --console-socket is needed to "
+                              "receive the terminal")
+    if not spec.process.terminal and console_socket:
+        raise InvalidArgument("--console-socket given, but process.terminal is false")
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        sock.close()
+        raise InvalidArgument(f"cannot connect to the console socket {path}: {err.strerror}") from None
+    return sock
+
+
+def _converse(ctx: InitContext, spec: Spec, child: int) -> int:
+    """Answer the child until its init is ready; return the init's host pid."""
+    sync = ctx.sync
+    sync.parent_side()
+    init_pid = None
+    try:
+        while (message := sync.receive()) is not None:
+            kind = message["type"]
+            if kind == "userns":
+                write_id_maps(child, spec.linux.uid_mappings, spec.linux.gid_mappings)
+                sync.go()
+            elif kind == "pid":
+                init_pid = message["pid"]
+            elif kind == "ready":
+                break
+            elif kind == "error":
+                raise CreateError(f"container init failed: {message['message']}")
+        else:
+            raise CreateError("container init exited during set-up without saying why")
+    except BaseException:
+        if init_pid:
+            _kill_quietly(init_pid)
+        raise
+    finally:
+        sync.close_parent()
+        if child != init_pid:
+            os.waitpid(child, 0)  # stage 1 has done its part
+    assert init_pid is not None
+    return init_pid
+
+
+def write_id_maps(pid: int, uids: list[IDMapping], gids: list[IDMapping]) -> None:
+    """Write a new user namespace's ID maps, from outside, as the spec requires."""
+    if not uids or not gids:
+        raise InvalidArgument("a user namespace needs linux.uidMappings and linux.gidMappings")
+    for name, mappings in (("uid_map", uids), ("gid_map", gids)):
+        lines = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+        Path(f"/proc/{pid}/{name}").write_text(lines)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # not our child (it had a stage 1 parent): the subreaper or init reaps it
+
+
+def _owner() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+__all__ = ["create", "CreateError", "new_namespace_flags"]

@@ -1,0 +1,192 @@
+"""The container's side of `create`: from fork to the blocked init.
+
+After the runtime forks, the child (stage 1) makes the namespaces:
+
+    stage 1: setns into the namespaces the config names by path
+             unshare(CLONE_NEWUSER); ask the runtime to write the ID maps
+             unshare(every other new namespace)
+             fork  ──────────────▶ init, PID 1 of the new PID namespace
+             report the init's pid, exit
+
+A new PID namespace takes effect for children only, hence the second fork.
+The init then builds the container:
+
+    init:    setsid; the rootfs (mounts, /dev, pivot_root, masks)
+             hostname, sysctls, the terminal
+             report "ready"             ── `create` returns here
+             open exec.fifo for writing  ── blocks until `start` opens it
+             limits, user, capabilities, cwd, close fds, execve
+
+Everything the init needs must be imported before pivot_root: afterwards
+the host's Python library is out of reach, and a lazy import fails.
+
+Any failure before "ready" goes back to the runtime as a message and the
+runtime removes the container; after it, it is printed on the container's
+stderr and the init exits 127 (not found) or 126 (could not run), as a shell.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+import termios
+import traceback
+from dataclasses import dataclass
+
+from mini_docker.kernel import constants as C
+from mini_docker.kernel import SyscallError, fork, mount, sethostname, setns, unshare
+from mini_docker.runtime import rootfs as rootfs_setup
+from mini_docker.runtime.process import enter_cwd, environment, exec_process, find_executable
+from mini_docker.runtime.spec import NAMESPACE_TYPES, Spec
+from mini_docker.runtime.sync import SyncPipe
+
+
+# ioctls of <asm-generic/ioctls.h> that Python's termios lacks: unlockpt and ptsname.
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
+
+
+@dataclass
+class InitContext:
+    """Everything the forked side needs, decided by the runtime before fork."""
+
+    spec: Spec
+    bundle: str
+    rootfs: str
+    fifo: str
+    sync: SyncPipe
+    console: int | None = None  # a connected socket to send the pty master over
+    preserve_fds: int = 0
+
+
+def new_namespace_flags(spec: Spec) -> int:
+    flags = 0
+    for ns in spec.linux.namespaces:
+        if ns.path is None:
+            flags |= NAMESPACE_TYPES[ns.type][0]
+    return flags
+
+
+def stage1(ctx: InitContext) -> None:
+    """The forked child: enter the namespaces, fork the init. Never returns."""
+    status = 1
+    try:
+        ctx.sync.child_side()
+        linux = ctx.spec.linux
+        for ns in sorted((n for n in linux.namespaces if n.path), key=lambda n: n.type != "user"):
+            fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+            setns(fd, NAMESPACE_TYPES[ns.type][0])
+            os.close(fd)
+        flags = new_namespace_flags(ctx.spec)
+        if flags & C.CLONE_NEWUSER:
+            unshare(C.CLONE_NEWUSER)
+            ctx.sync.send("userns")
+            ctx.sync.wait_go()
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        unshare(flags & ~C.CLONE_NEWUSER)
+        pid_ns = linux.namespace("pid")
+        if flags & (C.CLONE_NEWPID | C.CLONE_NEWTIME) or (pid_ns and pid_ns.path):
+            init_pid = fork()
+            if init_pid == 0:
+                run_init(ctx)
+            ctx.sync.send("pid", pid=init_pid)
+            status = 0
+        else:
+            ctx.sync.send("pid", pid=os.getpid())
+            run_init(ctx)
+    except BaseException as err:
+        _report_failure(ctx, err)
+    os._exit(status)
+
+
+def run_init(ctx: InitContext) -> None:
+    """The container's init: build it, report ready, wait for start, exec. Never returns."""
+    spec, process = ctx.spec, ctx.spec.process
+    ready = False
+    try:
+        os.setsid()
+        # The FIFO lives on the host; keep a handle on it across pivot_root.
+        fifo = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
+        if spec.linux.namespace("mount") is None:
+            raise ValueError("this runtime needs a mount namespace (linux.namespaces: mount)")
+        rootfs_setup.prepare(spec, ctx.rootfs, ctx.bundle)
+        rootfs_setup.enter(ctx.rootfs)
+        if spec.hostname:
+            if spec.linux.namespace("uts") is None:
+                raise ValueError("hostname is set, but the container has no UTS namespace")
+            sethostname(spec.hostname)
+        for key, value in spec.linux.sysctl.items():
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        rootfs_setup.finish(spec)
+        if process.terminal:
+            set_up_terminal(ctx.console, process.console_size)
+        env = environment(process)
+        enter_cwd(process.cwd)
+        executable = find_executable(process.args[0], env)
+        ctx.sync.send("ready")
+        ctx.sync.close_child()
+        ready = True
+        # Blocks until `start` opens the FIFO for reading.
+        writer = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(writer, b"0")
+        os.close(writer)
+        os.close(fifo)
+        exec_process(process, ctx.preserve_fds, executable)
+    except BaseException as err:
+        if not ready:
+            _report_failure(ctx, err)
+            os._exit(1)
+        code = 127 if isinstance(err, (FileNotFoundError, ValueError)) else 126
+        try:
+            os.write(2, f"mini-runc: {_describe(err)}\n".encode())
+        finally:
+            os._exit(code)
+
+
+def set_up_terminal(console: int, size: tuple[int, int] | None = None) -> None:
+    """Make a pty inside the container, send its master to the console socket.
+
+    The pty comes from the container's own devpts (its /dev/ptmx), so the
+    slave is a device of the container. The slave becomes the controlling
+    terminal and fds 0-2; the master travels over the unix socket the caller
+    named, as SCM_RIGHTS ancillary data: that is how a process hands an open
+    file to another one.
+    """
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")  # unlockpt
+    number = int.from_bytes(fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"), "little")
+    slave_path = f"/dev/pts/{number}"
+    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    if size:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    with socket.socket(fileno=console) as sock:
+        socket.send_fds(sock, [slave_path.encode()], [master])
+    os.close(master)
+    if not os.path.exists("/dev/console"):
+        open("/dev/console", "a").close()
+    mount(slave_path, "/dev/console", None, C.MS_BIND)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, SyscallError) and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err) or type(err).__name__
+
+
+def _report_failure(ctx: InitContext, err: BaseException) -> None:
+    try:
+        ctx.sync.send("error", message=_describe(err), errno=getattr(err, "errno", None),
+                      detail=traceback.format_exc())
+    except OSError as pipe_err:
+        if pipe_err.errno != errno.EPIPE:
+            raise

@@ -1,0 +1,32 @@
+"""`start`: let a created container's init run the user's program.
+
+The init is blocked opening exec.fifo for writing. Opening it for reading
+releases it; it writes one byte and goes on to exec. We read that byte (so
+we know it got past the FIFO) and remove the FIFO: from now on the
+container's status is "running".
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+from mini_docker.errors import Conflict
+from mini_docker.runtime.state import StateDir
+
+
+def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: float = 10) -> None:
+    states = StateDir(root) if root else StateDir()
+    state = states.load(container_id)
+    status = states.status(state)
+    if status != "created":
+        raise Conflict(f"cannot start a container that is {status}: {container_id}")
+    fifo = states.fifo(container_id)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        ready, _, _ = select.select([reader], [], [], timeout)
+        if not ready or os.read(reader, 1) != b"0":
+            raise Conflict(f"container {container_id} did not start: its init is gone")
+    finally:
+        os.close(reader)
+        fifo.unlink(missing_ok=True)

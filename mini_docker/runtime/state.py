@@ -1,0 +1,176 @@
+"""What the runtime remembers about a container between two commands.
+
+`mini-runc create` and `mini-runc start` are separate processes, minutes
+apart, so whatever `start` needs must be on disk. Each container has a
+directory under the runtime root (`--root`, /run/mini-docker/runtime by
+default, on tmpfs so that a reboot forgets every container, as it kills them):
+
+    <root>/<id>/state.json   who the container is: its init's pid, its bundle
+    <root>/<id>/exec.fifo    the FIFO its init blocks on until `start`
+
+state.json is written to a temporary name and renamed into place, so a reader
+sees the old record or the new one, never half of one.
+
+The *status* is never stored; it is worked out from the init process each
+time, the way the runtime spec describes it: "created" while the init waits
+on the FIFO, "running" once it has gone on, "stopped" once it has exited.
+A pid can be reused after a process exits, so the record also keeps the init's
+start time (field 22 of /proc/PID/stat), and a pid whose start time differs is
+a different process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mini_docker.errors import Conflict, InvalidArgument, NotFound
+
+DEFAULT_ROOT = "/run/mini-docker/runtime"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
+
+
+@dataclass
+class ContainerState:
+    """The record in state.json (the runtime spec's state, plus what we need)."""
+
+    id: str
+    bundle: str
+    rootfs: str
+    pid: int
+    start_time: int  # of the init, in clock ticks since boot: tells a reused pid apart
+    created: str
+    owner: str = ""
+    oci_version: str = "1.0.2-dev"
+    annotations: dict[str, str] = field(default_factory=dict)
+    cgroup: dict[str, str] = field(default_factory=dict)  # controller -> directory
+    terminal: bool = False
+
+
+def check_id(container_id: str) -> str:
+    if not ID_PATTERN.match(container_id or ""):
+        raise InvalidArgument(f"invalid container id {container_id!r}: use letters, digits and _.+-")
+    return container_id
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in ticks), or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(fields[19])
+
+
+def process_state_letter(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+class StateDir:
+    """The runtime root: one directory per container."""
+
+    def __init__(self, root: str | os.PathLike = DEFAULT_ROOT):
+        self.root = Path(root)
+
+    def path(self, container_id: str) -> Path:
+        return self.root / check_id(container_id)
+
+    def fifo(self, container_id: str) -> Path:
+        return self.path(container_id) / "exec.fifo"
+
+    def reserve(self, container_id: str) -> Path:
+        """Make the container's directory; an existing one means the id is taken."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.path(container_id)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise Conflict(f"container with id {container_id!r} already exists") from None
+        return path
+
+    def save(self, state: ContainerState) -> None:
+        path = self.path(state.id) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load(self, container_id: str) -> ContainerState:
+        path = self.path(container_id) / "state.json"
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"container {container_id!r} does not exist") from None
+        return ContainerState(**doc)
+
+    def remove(self, container_id: str) -> None:
+        path = self.path(container_id)
+        for child in path.iterdir() if path.exists() else ():
+            child.unlink()
+        if path.exists():
+            path.rmdir()
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "state.json").exists())
+
+    def status(self, state: ContainerState) -> str:
+        """created, running, paused or stopped: worked out from the init process."""
+        if not self.alive(state):
+            return "stopped"
+        if self.fifo(state.id).exists():
+            return "created"
+        if _frozen(state):
+            return "paused"
+        return "running"
+
+    @staticmethod
+    def alive(state: ContainerState) -> bool:
+        if process_start_time(state.pid) != state.start_time:
+            return False  # gone, or the pid now names another process
+        return process_state_letter(state.pid) not in (None, "Z", "X")
+
+    def report(self, state: ContainerState) -> dict[str, Any]:
+        """The runtime spec's state document, as `state` prints it (with runc's extras)."""
+        status = self.status(state)
+        return {
+            "ociVersion": state.oci_version,
+            "id": state.id,
+            "pid": state.pid if status != "stopped" else 0,
+            "status": status,
+            "bundle": state.bundle,
+            "rootfs": state.rootfs,
+            "created": state.created,
+            "owner": state.owner,
+            "annotations": state.annotations,
+        }
+
+
+def _frozen(state: ContainerState) -> bool:
+    freezer = state.cgroup.get("freezer")
+    if not freezer:
+        return False
+    for name, frozen in (("freezer.state", "FROZEN"), ("cgroup.freeze", "1")):
+        try:
+            return Path(freezer, name).read_text().strip() == frozen
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def now_rfc3339() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
