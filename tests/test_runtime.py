@@ -379,3 +379,73 @@ def test_features_and_version():
     version = subprocess.run([sys.executable, "-m", "mini_docker.runtime.cli", "--version"],
                              capture_output=True, text=True).stdout
     assert version.startswith("mini-runc version") and "spec: 1.0.2" in version
+
+
+# --- the tiny init ---------------------------------------------------------------------
+
+
+def _with_init(process_args: list[str]) -> dict:
+    config = base_config(*process_args)
+    config["annotations"] = {"io.mini-docker.init": "true"}
+    return config
+
+
+def _zombies_in(runtime_root: Path, cid: str) -> int:
+    state = json.loads(mini_runc(runtime_root, "state", cid).stdout)
+    target = os.readlink(f"/proc/{state['pid']}/ns/pid")
+    count = 0
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/ns/pid") == target:
+                count += Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+    return count
+
+
+def test_tiny_init_reaps_orphans_that_the_program_leaves(runtime_root, tmp_path, busybox_rootfs):
+    # An orphan is handed to PID 1; `sleep` as PID 1 never waits, so it stays a zombie.
+    script = ["sh", "-c", "(sleep 0.1 &); exec sleep 30"]
+    plain = make_bundle(tmp_path / "plain", busybox_rootfs, base_config(*script))
+    inited = make_bundle(tmp_path / "init", busybox_rootfs, _with_init(script))
+    for cid, b in (("plain", plain), ("inited", inited)):
+        assert mini_runc(runtime_root, "run", "-d", "--bundle", str(b), cid).returncode == 0
+    try:
+        time.sleep(0.6)
+        assert _zombies_in(runtime_root, "plain") == 1
+        assert _zombies_in(runtime_root, "inited") == 0
+    finally:
+        for cid in ("plain", "inited"):
+            mini_runc(runtime_root, "delete", "--force", cid)
+
+
+def test_tiny_init_is_pid_1_and_passes_on_the_exit_status(runtime_root, tmp_path, busybox_rootfs):
+    b = make_bundle(tmp_path / "b", busybox_rootfs,
+                    _with_init(["sh", "-c", "echo $$; cat /proc/1/cmdline | head -c 40 | tr '\\0' ' '; exit 9"]))
+    result = run(runtime_root, b)
+    pid, *init_cmd = result.stdout.split()
+    assert result.returncode == 9
+    assert pid != "1"  # the program is not PID 1; the init is
+
+
+def test_tiny_init_forwards_sigterm_to_the_program(runtime_root, tmp_path, busybox_rootfs):
+    import subprocess
+    import sys
+
+    script = "trap 'echo got TERM; exit 3' TERM; while true; do sleep 0.05; done"
+    b = make_bundle(tmp_path / "b", busybox_rootfs, _with_init(["sh", "-c", script]))
+    out = tmp_path / "out"
+    with open(out, "w") as f:
+        running = subprocess.Popen([sys.executable, "-m", "mini_docker.runtime.cli", "--root",
+                                    str(runtime_root), "run", "--bundle", str(b), "sig"], stdout=f)
+        deadline = time.monotonic() + 10
+        while True:
+            state = mini_runc(runtime_root, "state", "sig")
+            if state.returncode == 0 and json.loads(state.stdout)["status"] == "running":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert mini_runc(runtime_root, "kill", "sig", "TERM").returncode == 0  # to PID 1: the init
+        assert running.wait(10) == 3
+    assert out.read_text() == "got TERM\n"

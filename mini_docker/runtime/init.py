@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from mini_docker.kernel import constants as C
 from mini_docker.kernel import SyscallError, fork, mount, sethostname, setns, unshare
+from mini_docker.runtime import reaper
 from mini_docker.runtime import rootfs as rootfs_setup
 from mini_docker.runtime.process import enter_cwd, environment, exec_process, find_executable
 from mini_docker.runtime.spec import NAMESPACE_TYPES, Spec
@@ -136,6 +137,8 @@ def run_init(ctx: InitContext) -> None:
         os.write(writer, b"0")
         os.close(writer)
         os.close(fifo)
+        if reaper.wanted(spec.annotations):
+            reaper.supervise(lambda: exec_process(process, ctx.preserve_fds, executable))
         exec_process(process, ctx.preserve_fds, executable)
     except BaseException as err:
         if not ready:
