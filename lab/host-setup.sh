@@ -10,14 +10,18 @@
 set -euo pipefail
 
 # The engine's own needs: static busybox for the base image, iproute2 and a
-# firewall for networking, the venv module for the Python environment.
+# firewall for networking, the venv module for the Python environment; runc,
+# which chapter 2 runs side by side with mini-runc.
 packages=(busybox-static iproute2 iptables nftables kmod procps psmisc util-linux
-          python3 python3-venv make git ca-certificates)
+          python3 python3-venv make git ca-certificates runc)
 
 if [[ "${1:-}" == "--test" ]]; then
     # cloud-init validates the lab's user-data, ruby checks the Vagrantfile,
-    # chromium screenshots the book.
-    packages+=(cloud-init ruby chromium)
+    # chromium screenshots the book. crun is the other OCI runtime that
+    # mini-runc is compared against (tests/test_runc_interop.py, tests/bench/).
+    # docker.io and containerd (dockerd, ctr) run mini-runc in place of runc
+    # (tests/test_docker_interop.py).
+    packages+=(cloud-init ruby chromium crun docker.io containerd)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
