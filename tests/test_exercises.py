@@ -52,18 +52,39 @@ def test_check_fails_on_the_skeleton(check, tmp_path):
         f"some checks pass on the unsolved skeleton: {counts}")
 
 
-def test_mount_check_catches_a_solution_that_forgets_private_mounts(tmp_path):
-    solution = nbformat.read(ROOT / "exercises/solutions/01-namespaces.ipynb", as_version=4)
+# Plausible wrong answers, each of which exactly one check must catch.
+WRONG_ANSWERS = {
+    "forgets private mounts": ("01-namespaces", "mount_tmpfs_privately", """
+def mount_tmpfs_privately(path: str) -> bool:
+    def inside() -> bool:
+        kernel.mount("tmpfs", path, "tmpfs", 0, "size=1m")
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == path for line in f)
+    return kernel.run_isolated(inside, flags=kernel.CLONE_NEWNS)
+"""),
+    "chroot is not a jail": ("02-root-filesystems", "enter_root", """
+def enter_root(rootfs: str) -> None:
+    os.chroot(rootfs)
+    os.chdir("/")
+"""),
+}
+
+
+@pytest.mark.parametrize("mistake", WRONG_ANSWERS)
+def test_checks_catch_a_plausible_wrong_answer(mistake, tmp_path):
+    notebook_name, function, wrong_source = WRONG_ANSWERS[mistake]
+    solution = nbformat.read(ROOT / f"exercises/solutions/{notebook_name}.ipynb", as_version=4)
+    replaced = 0
     for cell in solution.cells:
-        cell.source = cell.source.replace("kernel.make_mounts_private()\n        kernel.mount(\"tmpfs\", path",
-                                          "kernel.mount(\"tmpfs\", path")
-    task3 = [c.source for c in solution.cells if "def mount_tmpfs_privately" in c.source]
-    assert task3 and "make_mounts_private" not in task3[0]
-    broken = tmp_path / "forgot-private.ipynb"
+        if cell.source.startswith(f"def {function}("):
+            cell.source = wrong_source.strip()
+            replaced += 1
+    assert replaced == 1, f"no solution cell defines {function}"
+    broken = tmp_path / f"{notebook_name}.ipynb"
     nbformat.write(solution, broken)
-    counts = run_checks(ROOT / "exercises/checks/test_01_namespaces.py", tmp_path,
-                        EXERCISE_NOTEBOOK=str(broken))
-    assert counts["failures"] == 1, counts  # the host saw the mount: exactly that check fails
+    check = ROOT / "exercises/checks" / f"test_{notebook_name.replace('-', '_')}.py"
+    counts = run_checks(check, tmp_path, EXERCISE_NOTEBOOK=str(broken))
+    assert counts["failures"] == 1, counts
 
 
 def test_exercise_notebooks_have_solutions():
