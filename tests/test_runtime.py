@@ -449,3 +449,29 @@ def test_tiny_init_forwards_sigterm_to_the_program(runtime_root, tmp_path, busyb
         assert mini_runc(runtime_root, "kill", "sig", "TERM").returncode == 0  # to PID 1: the init
         assert running.wait(10) == 3
     assert out.read_text() == "got TERM\n"
+
+
+def test_run_with_a_terminal_is_interactive_and_follows_resizes(runtime_root, bundle):
+    import sys
+
+    import pexpect
+
+    config = base_config()
+    b = bundle(process={**config["process"], "terminal": True, "args": ["sh"]})
+    child = pexpect.spawn(sys.executable, ["-m", "mini_docker.runtime.cli", "--root", str(runtime_root),
+                                           "run", "--bundle", str(b), "tty"],
+                          timeout=15, dimensions=(30, 100))
+    try:
+        child.expect(r"# ")
+        child.sendline("tty; stty size")
+        child.expect(r"(/dev/pts/\d+)\r\n(\d+ \d+)\r\n")
+        assert child.match.groups() == (b"/dev/pts/0", b"30 100")
+        child.setwinsize(40, 120)
+        child.sendline("stty size")
+        child.expect(r"stty size\r\n(\d+ \d+)\r\n")
+        assert child.match.group(1) == b"40 120"
+        child.sendline("exit 5")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 5

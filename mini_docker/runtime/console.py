@@ -49,6 +49,22 @@ class ConsoleListener:
         self.close()
 
 
+def copy_window_size(source: int, master: int) -> None:
+    """Give the container's terminal the size of ours (`source` a tty fd).
+
+    The kernel then sends SIGWINCH to the container's foreground process, as
+    it would on any terminal that is resized.
+    """
+    import fcntl
+    import termios
+
+    try:
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:  # not a terminal: leave the size alone
+        return
+    fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+
+
 def relay(master: int, stdin: int = 0, stdout: int = 1, done: int | None = None) -> None:
     """Copy stdin to the master and the master to stdout, until the master closes.
 

@@ -5,7 +5,8 @@ The container's init is not our child: with a new PID namespace, the stage
 (PR_SET_CHILD_SUBREAPER), so that the kernel re-parents orphans, our init
 among them, to us instead of to the host's PID 1, and we can wait for it.
 containerd's shim does the same. Signals we receive are passed on to the
-init, so Ctrl-C and `kill` reach the container.
+init, so Ctrl-C and `kill` reach the container. With a terminal, our
+terminal's size is copied to the container's, again on every SIGWINCH.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 from mini_docker.kernel import constants as C
 from mini_docker.kernel import exit_status, prctl, reap_children
 from mini_docker.runtime import spec as oci
-from mini_docker.runtime.console import ConsoleListener, relay
+from mini_docker.runtime.console import ConsoleListener, copy_window_size, relay
 from mini_docker.runtime.create import create
 from mini_docker.runtime.delete import delete
 from mini_docker.runtime.start import start
@@ -51,6 +52,9 @@ def run(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathLike
     if detach:
         return 0
     previous = {sig: signal.signal(sig, _forward_to(state.pid)) for sig in FORWARDED}
+    if master is not None:  # a resize of our terminal is a resize of the container's
+        copy_window_size(0, master)
+        signal.signal(signal.SIGWINCH, lambda *_: copy_window_size(0, master))
     try:
         if master is not None:
             relay(master)
