@@ -30,6 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --config-settings editable_mode=compat -e .
+	$(PY) -m compileall -q mini_docker
 	mkdir -p $(VENV)/etc/jupyter
 	echo '{"ServerApp": {"allow_root": true}}' > $(VENV)/etc/jupyter/jupyter_server_config.json
 	touch $(STAMP)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import traceback
 import warnings
 from typing import Any, Callable, TypeVar
 
@@ -151,7 +150,7 @@ def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, flags: int,
         else:
             _report(fn, args, kwargs, result_w)
     except BaseException as err:  # unshare failed: say so, then leave
-        _send(result_w, ("error", err, traceback.format_exc()))
+        _send(result_w, ("error", err, _traceback_text()))
     finally:
         os._exit(status)
 
@@ -162,9 +161,22 @@ def _report(fn: Callable[..., Any], args: tuple, kwargs: dict, result_w: int) ->
     try:
         message = ("ok", fn(*args, **kwargs), "")
     except BaseException as err:
-        message, status = ("error", err, traceback.format_exc()), 1
+        message, status = ("error", err, _traceback_text()), 1
     _send(result_w, message)
     os._exit(status)
+
+
+def _traceback_text() -> str:
+    """The current exception's traceback, if the traceback module can still be imported.
+
+    It is imported here, on the error path only; after a pivot_root the host's
+    Python library may be out of reach, and then there is no traceback to give.
+    """
+    try:
+        import traceback
+    except ImportError:
+        return ""
+    return traceback.format_exc()
 
 
 def _send(fd: int, message: tuple) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 from typing import Iterable
 
 from mini_docker.kernel import constants as C
@@ -160,9 +159,10 @@ def pivot_root(new_root: Path, put_old: Path) -> None:
     `new_root` must be a mount point, and `put_old` must be at or under it.
     glibc has no wrapper for this call, so it goes through syscall(2).
     """
-    number = C.SYS_PIVOT_ROOT.get(platform.machine())
+    machine = os.uname().machine
+    number = C.SYS_PIVOT_ROOT.get(machine)
     if number is None:
-        raise OSError(f"pivot_root: unknown system call number on {platform.machine()}")
+        raise OSError(f"pivot_root: unknown system call number on {machine}")
     _check(_libc.syscall(ctypes.c_long(number), _path(new_root), _path(put_old)), "pivot_root",
            [repr(os.fsdecode(new_root)), repr(os.fsdecode(put_old))])
 

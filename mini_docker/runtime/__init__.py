@@ -16,17 +16,32 @@ The `mini-runc` command (cli.py) gives these runc's command line, so that
 containerd and dockerd can use it in place of runc.
 """
 
-from mini_docker.runtime.create import CreateError, create  # noqa: F401
-from mini_docker.runtime.delete import delete  # noqa: F401
-from mini_docker.runtime.exec import exec_in, load_process  # noqa: F401
-from mini_docker.runtime.kill import kill, parse_signal  # noqa: F401
-from mini_docker.runtime.run import run  # noqa: F401
-from mini_docker.runtime.spec import default_spec, load, parse  # noqa: F401
-from mini_docker.runtime.start import start  # noqa: F401
-from mini_docker.runtime.state import DEFAULT_ROOT, StateDir  # noqa: F401
+from __future__ import annotations
+
+import importlib
+
+# public name -> the module that defines it, imported on first use: each
+# mini-runc command loads only what its verb needs.
+_EXPORTS = {
+    "create": "create", "CreateError": "create", "delete": "delete", "exec_in": "exec",
+    "load_process": "exec", "kill": "kill", "parse_signal": "kill", "run": "run",
+    "default_spec": "spec", "load": "spec", "parse": "spec", "start": "start",
+    "DEFAULT_ROOT": "state", "StateDir": "state",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mini_docker.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mini_docker.runtime.{module}"), name)
+    globals()[name] = value
+    return value
 
 
 def state(container_id: str, *, root: str | None = None) -> dict:
     """The runtime spec's state of a container, as `mini-runc state` prints it."""
+    from mini_docker.runtime.state import StateDir
+
     states = StateDir(root) if root else StateDir()
     return states.report(states.load(container_id))

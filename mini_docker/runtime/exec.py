@@ -76,7 +76,7 @@ def exec_in(container_id: str, process: Process, *, root: str | os.PathLike | No
         os.waitpid(child, 0)
     if error:
         if pid and pid != child:
-            _reap(pid)
+            _reap_if_ours(pid)
         raise CreateError(f"exec failed: {error}")
     assert pid is not None
     if pid_file:
@@ -89,6 +89,19 @@ def exec_in(container_id: str, process: Process, *, root: str | os.PathLike | No
 def _reap(pid: int) -> int:
     _, status = os.waitpid(pid, 0)
     return exit_status(status)
+
+
+def _reap_if_ours(pid: int) -> None:
+    """Reap a grandchild that failed, if it came back to us.
+
+    It does only when we are a child subreaper. Detached (containerd's shim
+    calls `exec --detach`), it was re-parented to the caller, who reaps it:
+    waiting here would fail with ECHILD and hide the reason exec failed.
+    """
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _namespace_fds(state: ContainerState) -> dict[str, int]:
@@ -136,7 +149,7 @@ def _join_and_exec(state: ContainerState, namespaces: dict[str, int], process: P
             sync.send("pid", pid=os.getpid())
         if console is not None:
             os.setsid()
-            set_up_terminal(console, process.console_size)
+            set_up_terminal(console, process.console_size, console_device=False)
         executable = find_executable(process.args[0], environment(process))
         exec_process(process, preserve_fds, executable, keep=(sync.report_w,))
     except BaseException as err:

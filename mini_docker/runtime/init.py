@@ -33,7 +33,6 @@ import os
 import socket
 import struct
 import termios
-import traceback
 from dataclasses import dataclass
 
 from mini_docker.kernel import constants as C
@@ -151,7 +150,8 @@ def run_init(ctx: InitContext) -> None:
             os._exit(code)
 
 
-def set_up_terminal(console: int, size: tuple[int, int] | None = None) -> None:
+def set_up_terminal(console: int, size: tuple[int, int] | None = None, *,
+                    console_device: bool = True) -> None:
     """Make a pty inside the container, send its master to the console socket.
 
     The pty comes from the container's own devpts (its /dev/ptmx), so the
@@ -159,6 +159,11 @@ def set_up_terminal(console: int, size: tuple[int, int] | None = None) -> None:
     terminal and fds 0-2; the master travels over the unix socket the caller
     named, as SCM_RIGHTS ancillary data: that is how a process hands an open
     file to another one.
+
+    Only the init's terminal becomes the container's /dev/console. An exec'd
+    process passes `console_device=False`, as runc's does: a bind mount there
+    would stack up in the container's mount namespace at every `exec -t`, and
+    outlive the pty it shows (the next `exec -t` then fails with ENOENT).
     """
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")  # unlockpt
@@ -170,9 +175,10 @@ def set_up_terminal(console: int, size: tuple[int, int] | None = None) -> None:
     with socket.socket(fileno=console) as sock:
         socket.send_fds(sock, [slave_path.encode()], [master])
     os.close(master)
-    if not os.path.exists("/dev/console"):
-        open("/dev/console", "a").close()
-    mount(slave_path, "/dev/console", None, C.MS_BIND)
+    if console_device:
+        if not os.path.exists("/dev/console"):
+            open("/dev/console", "a").close()
+        mount(slave_path, "/dev/console", None, C.MS_BIND)
     fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     for fd in (0, 1, 2):
         os.dup2(slave, fd)
@@ -188,8 +194,7 @@ def _describe(err: BaseException) -> str:
 
 def _report_failure(ctx: InitContext, err: BaseException) -> None:
     try:
-        ctx.sync.send("error", message=_describe(err), errno=getattr(err, "errno", None),
-                      detail=traceback.format_exc())
+        ctx.sync.send("error", message=_describe(err), errno=getattr(err, "errno", None))
     except OSError as pipe_err:
         if pipe_err.errno != errno.EPIPE:
             raise

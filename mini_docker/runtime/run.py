@@ -17,7 +17,6 @@ import signal
 from mini_docker.kernel import constants as C
 from mini_docker.kernel import exit_status, prctl, reap_children
 from mini_docker.runtime import spec as oci
-from mini_docker.runtime.console import ConsoleListener, copy_window_size, relay
 from mini_docker.runtime.create import create
 from mini_docker.runtime.delete import delete
 from mini_docker.runtime.start import start
@@ -36,7 +35,11 @@ def run(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathLike
     """
     prctl(C.PR_SET_CHILD_SUBREAPER, 1)
     terminal = bool(oci.load(bundle).process.terminal) if not console_socket else False
-    listener = ConsoleListener() if terminal and not detach else None
+    listener = None
+    if terminal and not detach:  # imported only when needed: most runs have no terminal
+        from mini_docker.runtime.console import ConsoleListener, copy_window_size, relay
+
+        listener = ConsoleListener()
     try:
         state = create(container_id, bundle, root=root, pid_file=pid_file,
                        console_socket=listener.path if listener else console_socket)

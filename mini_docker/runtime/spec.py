@@ -13,8 +13,6 @@ inside the container's set-up. Fields this runtime does not implement are kept
 in `Spec.raw`, untouched, so nothing a caller wrote is lost.
 """
 
-from __future__ import annotations
-
 import json
 import os
 from dataclasses import dataclass, field

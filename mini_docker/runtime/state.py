@@ -103,9 +103,7 @@ class StateDir:
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(asdict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # no fsync: the root is a tmpfs, and a reboot ends containers
 
     def load(self, container_id: str) -> ContainerState:
         path = self.path(container_id) / "state.json"
