@@ -1,0 +1,268 @@
+"""The one interface both cgroup drivers implement, and what they share.
+
+crun has two cgroup managers, cgroupfs and systemd, and the rest of crun
+cannot tell them apart: each is the same struct of functions. Our drivers
+follow that shape. `Cgroup` below is the struct: create, add, set, stats,
+freeze, kill, destroy. `V1Cgroup` (v1.py) spreads one group over a
+directory per controller; `V2Cgroup` (v2.py) keeps it in one directory of
+the unified tree. The engine holds a `Cgroup` and never asks which.
+
+Two habits run through both drivers. `set()` works out every write first,
+as a list of `Write`s, checks that every file is there, and only then
+writes: a limit the host cannot apply fails before the group is half
+configured. And `destroy()` is the same for both: kill what is inside,
+then remove the directories, deepest first, since the kernel refuses to
+remove a cgroup that still has children or processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+from mini_docker.cgroups.resources import Resources
+from mini_docker.cgroups.stats import Pressure, Stats
+from mini_docker.errors import InvalidArgument, MiniDockerError, NotFound
+
+
+class CgroupError(MiniDockerError):
+    """The kernel refused a cgroup operation, or the host lacks what it needs."""
+
+
+@dataclass(frozen=True)
+class Write:
+    """One value to write to one interface file of the group's `controller`."""
+
+    controller: str
+    file: str
+    value: str
+
+
+def clean_path(path: str) -> str:
+    """A cgroup path relative to each hierarchy's root: "/docker/abc" -> "docker/abc"."""
+    parts = [p for p in str(path).split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or ":" in path:
+        raise InvalidArgument(f"invalid cgroup path '{path}': use a path such as mini-docker/<id>"
+                              " (systemd slice:prefix:name paths are not supported)")
+    return "/".join(parts)
+
+
+def write_file(path: str, value: str) -> None:
+    """Write one value as the kernel wants it: a single write(2) of the whole text."""
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as err:
+        raise CgroupError(f"cannot write '{value}' to {path}: {err.strerror}") from None
+
+
+def wait_until(done: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `done` every few milliseconds; CgroupError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise CgroupError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def read_procs(directory: str) -> list[int]:
+    """The process ids in a group's cgroup.procs (none if the group is gone)."""
+    try:
+        with open(f"{directory}/cgroup.procs") as f:
+            return [int(line) for line in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def kill_each(pids: list[int]) -> None:
+    """SIGKILL every pid; one that has already gone is not an error."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def remove_tree(directory: str, timeout: float = 2.0) -> None:
+    """rmdir a cgroup and every group under it, deepest first.
+
+    EBUSY means a process is still on its way out: wait a little and retry.
+    """
+    if not os.path.isdir(directory):
+        return
+    below = [root for root, _, _ in os.walk(directory, topdown=False)]
+    deadline = time.monotonic() + timeout
+    for path in below:
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as err:
+                if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise CgroupError(f"cannot remove cgroup {path}: {err.strerror}") from None
+                time.sleep(0.01)
+
+
+class Cgroup(ABC):
+    """A control group named by `path`, relative to the root of each hierarchy.
+
+    The same path ("mini-docker/<id>", as docker uses "docker/<id>") names
+    the group in every v1 hierarchy, or once in the v2 tree. A Cgroup is a
+    handle: making one does not touch the kernel; `create()` does.
+    """
+
+    driver: ClassVar[str]  # "v1" or "v2"
+
+    def __init__(self, path: str) -> None:
+        self.path = clean_path(path)
+        self._made: list[str] = []  # directories create() made, parents first
+        self.warnings: list[str] = []  # what the last set() could not enforce
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path}>"
+
+    def __enter__(self) -> "Cgroup":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    @abstractmethod
+    def directories(self) -> list[str]:
+        """The group's directories: one per hierarchy in v1, one in v2."""
+
+    @abstractmethod
+    def require(self, resources: Resources) -> None:
+        """CgroupError if the host lacks a controller `resources` needs (nothing is touched)."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Make the group's directories (and missing parents); no error if they exist."""
+
+    @abstractmethod
+    def plan(self, resources: Resources) -> tuple[list[Write], list[str]]:
+        """The writes that apply `resources`, in order, and warnings about what cannot be."""
+
+    @abstractmethod
+    def add(self, pid: int) -> None:
+        """Move process `pid` (all its threads) into the group."""
+
+    @abstractmethod
+    def stats(self) -> Stats:
+        """The group's accounts now."""
+
+    @abstractmethod
+    def freeze(self) -> None:
+        """Stop every process in the group, and wait until the kernel says they are."""
+
+    @abstractmethod
+    def thaw(self) -> None:
+        """Let the group's processes run again."""
+
+    @abstractmethod
+    def frozen(self) -> bool:
+        """Whether the group is frozen."""
+
+    @abstractmethod
+    def kill_all(self) -> None:
+        """SIGKILL every process in the group and wait until none is left."""
+
+    @abstractmethod
+    def oom_events(self) -> int:
+        """How many processes the out-of-memory killer has killed in the group."""
+
+    @abstractmethod
+    def file_path(self, controller: str, file: str) -> str:
+        """Where `file` of `controller` lives for this group."""
+
+    def pressure(self) -> dict[str, Pressure]:
+        """Pressure stall information by resource ("cpu", "memory", "io"): v2 only."""
+        return {}
+
+    def require_exists(self) -> None:
+        """NotFound unless the group exists."""
+        if not self.exists():
+            raise NotFound(f"cgroup {self.path} does not exist")
+
+    def exists(self) -> bool:
+        """Whether any of the group's directories exists."""
+        return any(os.path.isdir(d) for d in self.directories())
+
+    def procs(self) -> list[int]:
+        """The processes in the group, in any of its directories, sorted."""
+        return sorted({pid for d in self.directories() for pid in read_procs(d)})
+
+    def set(self, resources: Resources) -> list[str]:
+        """Apply `resources`; return warnings for what this driver cannot enforce.
+
+        Every write is planned and every file checked before the first one is
+        made, so a limit the host cannot apply changes nothing.
+        """
+        self.require(resources)
+        writes, warnings = self.plan(resources)
+        for w in writes:
+            if not os.path.exists(self.file_path(w.controller, w.file)):
+                raise CgroupError(self.missing_file(w))
+        for w in writes:
+            write_file(self.file_path(w.controller, w.file), w.value)
+        self.warnings = warnings
+        return warnings
+
+    def missing_file(self, write: Write) -> str:
+        """Why `write` cannot be made: the group or the file is missing."""
+        where = self.file_path(write.controller, write.file)
+        if not os.path.isdir(os.path.dirname(where)):
+            return f"cgroup {self.path} does not exist: create it first"
+        return f"this host's {write.controller} controller has no {write.file} ({where})"
+
+    def destroy(self) -> None:
+        """Kill everything inside, then remove every directory this group made.
+
+        Safe to call twice, and on a group that was never created. A parent
+        shared with another group (mini-docker/ holds every container) stays.
+        """
+        if self.exists():
+            self.kill_all()
+        for directory in self.directories():
+            remove_tree(directory)
+        for directory in reversed(self._made):
+            try:
+                os.rmdir(directory)
+            except OSError as err:  # gone already, or a sibling group still uses it
+                if err.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
+                    raise CgroupError(f"cannot remove cgroup {directory}: {err.strerror}") from None
+        self._made = []
+
+    def _make_dirs(self, root: str) -> list[str]:
+        """mkdir root/path one level at a time; return the directories made, parents first."""
+        made = []
+        current = root
+        for part in self.path.split("/"):
+            current = f"{current}/{part}"
+            try:
+                os.mkdir(current)
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise CgroupError(f"cannot create cgroup {current}: {err.strerror}") from None
+            made.append(current)
+            self._made.append(current)
+        return made
+
+    def _kill_until_empty(self, timeout: float = 5.0) -> None:
+        """SIGKILL the group's processes over and over until none is left.
+
+        Once is not enough: a process may fork between our reading of
+        cgroup.procs and its death, and its child would be missed.
+        """
+        def empty() -> bool:
+            kill_each(self.procs())
+            return not self.procs()
+        wait_until(empty, timeout, f"the processes of cgroup {self.path} to die")
