@@ -26,7 +26,7 @@ _EXPORTS = {
     "create": "create", "CreateError": "create", "delete": "delete", "exec_in": "exec",
     "load_process": "exec", "kill": "kill", "parse_signal": "kill", "run": "run",
     "default_spec": "spec", "load": "spec", "parse": "spec", "start": "start",
-    "DEFAULT_ROOT": "state", "StateDir": "state",
+    "DEFAULT_ROOT": "state", "StateDir": "state", "pause": "pause", "resume": "pause",
 }
 
 

@@ -56,6 +56,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument("-d", "--detach", action="store_true")
     run.add_argument("--keep", action="store_true", help="do not delete it after it exits")
     verb("start", "start a created container").add_argument("id")
+    verb("pause", "freeze every process of a container").add_argument("id")
+    verb("resume", "thaw a paused container").add_argument("id")
     verb("state", "print a container's state as JSON").add_argument("id")
     k = verb("kill", "send a signal to a container's init")
     k.add_argument("-a", "--all", action="store_true", help="to every process in the container")
@@ -130,6 +132,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
                   console_socket=args.console_socket, preserve_fds=args.preserve_fds)
     elif args.verb == "start":
         rt.start(args.id, root=root)
+    elif args.verb == "pause":
+        rt.pause(args.id, root=root)
+    elif args.verb == "resume":
+        rt.resume(args.id, root=root)
     elif args.verb == "run":
         return rt.run(args.id, args.bundle, root=root, pid_file=args.pid_file,
                       console_socket=args.console_socket, detach=args.detach, keep=args.keep)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mini_docker.errors import InvalidArgument, MiniDockerError
 from mini_docker.kernel import fork
+from mini_docker.runtime import cgroup
 from mini_docker.runtime import spec as oci
 from mini_docker.runtime.init import InitContext, new_namespace_flags, stage1
 from mini_docker.runtime.spec import IDMapping, Spec
@@ -35,34 +36,43 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
     bundle = os.path.abspath(bundle)
     spec = oci.load(bundle)
     _check(spec, console_socket)
+    limits = cgroup.resources(spec)  # checked before anything exists
+    group_path = cgroup.group_path(spec, container_id)
     states = StateDir(root) if root else StateDir()
     directory = states.reserve(container_id)
-    init_pid = None
+    init_pid, child, group = None, None, None
     try:
         fifo = directory / "exec.fifo"
         os.mkfifo(fifo, 0o600)
         console = _connect(console_socket) if console_socket else None
         ctx = InitContext(spec=spec, bundle=bundle, rootfs=str(oci.root_path(spec, bundle)),
                           fifo=str(fifo), sync=SyncPipe.open(), preserve_fds=preserve_fds,
-                          console=console.fileno() if console else None)
+                          console=console.fileno() if console else None,
+                          wait_for_cgroup=True)
         child = fork()
         if child == 0:
             stage1(ctx)  # never returns
         if console:
             console.close()
+        group = cgroup.make(group_path, limits)
+        group.add(child)  # before it does anything: all it starts inherits the group
+        ctx.sync.go()
         init_pid = _converse(ctx, spec, child)
         state = ContainerState(
             id=container_id, bundle=bundle, rootfs=ctx.rootfs, pid=init_pid,
             start_time=process_start_time(init_pid) or 0, created=now_rfc3339(),
             owner=_owner(), oci_version=spec.oci_version, annotations=spec.annotations,
-            terminal=bool(spec.process and spec.process.terminal))
+            terminal=bool(spec.process and spec.process.terminal), cgroup_path=group_path)
         states.save(state)
         if pid_file:
             _write_atomically(pid_file, f"{init_pid}")
         return state
     except BaseException:
-        if init_pid:
-            _kill_quietly(init_pid)
+        for pid in (init_pid, child):
+            if pid:
+                _kill_quietly(pid)
+        if group is not None:
+            cgroup.remove(group_path)
         states.remove(container_id)
         raise
 

@@ -24,6 +24,10 @@ def delete(container_id: str, *, force: bool = False, root: str | os.PathLike | 
             except ProcessLookupError:
                 pass
         _wait_gone(states, state)
+    if state.cgroup_path:
+        from mini_docker.runtime.cgroup import remove
+
+        remove(state.cgroup_path)
     states.remove(container_id)
 
 

@@ -59,6 +59,7 @@ class InitContext:
     fifo: str
     sync: SyncPipe
     console: int | None = None  # a connected socket to send the pty master over
+    wait_for_cgroup: bool = False  # the runtime moves stage 1 into its cgroup first
     preserve_fds: int = 0
 
 
@@ -75,6 +76,8 @@ def stage1(ctx: InitContext) -> None:
     status = 1
     try:
         ctx.sync.child_side()
+        if ctx.wait_for_cgroup:
+            ctx.sync.wait_go()
         linux = ctx.spec.linux
         for ns in sorted((n for n in linux.namespaces if n.path), key=lambda n: n.type != "user"):
             fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)

@@ -24,7 +24,13 @@ def parse_signal(name: str | int) -> int:
 
 
 def processes(state: ContainerState) -> list[int]:
-    """Host pids of every process in the container: those in its init's PID namespace."""
+    """Host pids of every process in the container.
+
+    Those in its cgroup, if it has one; otherwise those in its init's PID namespace.
+    """
+    group = StateDir.group(state)
+    if group is not None and group.exists():
+        return sorted(group.procs())
     try:
         target = os.readlink(f"/proc/{state.pid}/ns/pid")
     except FileNotFoundError:

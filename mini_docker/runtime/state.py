@@ -48,7 +48,7 @@ class ContainerState:
     owner: str = ""
     oci_version: str = "1.0.2-dev"
     annotations: dict[str, str] = field(default_factory=dict)
-    cgroup: dict[str, str] = field(default_factory=dict)  # controller -> directory
+    cgroup_path: str = ""  # below each hierarchy's root, e.g. "mini-docker/<id>"
     terminal: bool = False
 
 
@@ -131,7 +131,7 @@ class StateDir:
             return "stopped"
         if self.fifo(state.id).exists():
             return "created"
-        if _frozen(state):
+        if self.frozen(state):
             return "paused"
         return "running"
 
@@ -144,7 +144,7 @@ class StateDir:
     def report(self, state: ContainerState) -> dict[str, Any]:
         """The runtime spec's state document, as `state` prints it (with runc's extras)."""
         status = self.status(state)
-        return {
+        report = {
             "ociVersion": state.oci_version,
             "id": state.id,
             "pid": state.pid if status != "stopped" else 0,
@@ -155,18 +155,23 @@ class StateDir:
             "owner": state.owner,
             "annotations": state.annotations,
         }
+        group = self.group(state)
+        if group is not None and group.exists() and group.oom_events():
+            report["oomKilled"] = True  # the kernel's OOM killer struck in its cgroup
+        return report
 
+    @staticmethod
+    def group(state: ContainerState):
+        """The container's cgroup, or None if it has none."""
+        if not state.cgroup_path:
+            return None
+        from mini_docker.runtime.cgroup import open_group
 
-def _frozen(state: ContainerState) -> bool:
-    freezer = state.cgroup.get("freezer")
-    if not freezer:
-        return False
-    for name, frozen in (("freezer.state", "FROZEN"), ("cgroup.freeze", "1")):
-        try:
-            return Path(freezer, name).read_text().strip() == frozen
-        except FileNotFoundError:
-            continue
-    return False
+        return open_group(state.cgroup_path)
+
+    def frozen(self, state: ContainerState) -> bool:
+        group = self.group(state)
+        return bool(group and group.exists() and group.frozen())
 
 
 def now_rfc3339() -> str:
