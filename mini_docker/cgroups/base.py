@@ -228,7 +228,7 @@ class Cgroup(ABC):
         Safe to call twice, and on a group that was never created. A parent
         shared with another group (mini-docker/ holds every container) stays.
         """
-        if self.exists():
+        if self.exists() and self.procs():
             self.kill_all()
         for directory in self.directories():
             remove_tree(directory)

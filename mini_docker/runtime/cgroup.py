@@ -58,21 +58,34 @@ def resources(spec: Spec):
     return Resources.from_oci(doc)
 
 
+_layout = None
+
+
+def host_layout():
+    """Where this host's hierarchies are: read once per process (mountinfo is not small)."""
+    global _layout
+    if _layout is None:
+        from mini_docker.hostcheck.cgroups import cgroup_layout
+
+        _layout = cgroup_layout()
+    return _layout
+
+
 def make(path: str, limits):
     """Create (or join) the group at `path` with `limits`; return it."""
     from mini_docker import cgroups
 
-    group = cgroups.open_cgroup(path)
+    group = cgroups.open_cgroup(path, host_layout())
     if group.exists():  # dockerd may reuse a path: apply the limits to it
         group.set(limits)
         return group
-    return cgroups.create(path, limits)
+    return cgroups.create(path, limits, host_layout())
 
 
 def open_group(path: str):
     from mini_docker import cgroups
 
-    return cgroups.open_cgroup(path) if path else None
+    return cgroups.open_cgroup(path, host_layout()) if path else None
 
 
 def remove(path: str) -> None:

@@ -31,11 +31,30 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def environment(process: Process) -> dict[str, str]:
+    """process.env as a dict, with HOME added from the container's /etc/passwd if missing.
+
+    Called inside the container's root, so /etc/passwd is the image's; a user
+    it does not list gets "/", as runc does.
+    """
     env = {}
     for entry in process.env:
         name, _, value = entry.partition("=")
         env[name] = value
+    if "HOME" not in env:
+        env["HOME"] = _home_of(process.user.uid)
     return env
+
+
+def _home_of(uid: int) -> str:
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
 
 
 def find_executable(name: str, env: dict[str, str]) -> str:

@@ -153,8 +153,9 @@ class StateDir:
             "rootfs": state.rootfs,
             "created": state.created,
             "owner": state.owner,
-            "annotations": state.annotations,
         }
+        if state.annotations:  # runc leaves out an empty object
+            report["annotations"] = state.annotations
         group = self.group(state)
         if group is not None and group.exists() and group.oom_events():
             report["oomKilled"] = True  # the kernel's OOM killer struck in its cgroup
