@@ -25,7 +25,12 @@ def source(obj: Any, *, title: bool = True) -> Any:
     header = ""
     if title:
         module = inspect.getmodule(obj)
-        path = module.__name__.replace(".", "/") + ".py" if module else "?"
+        path = "?"
+        if module is not None and module.__file__:
+            # mini_docker/cgroups/__init__.py, not mini_docker/cgroups.py
+            package_root = module.__name__.split(".")[0]
+            tail = module.__file__.rsplit(f"/{package_root}/", 1)[-1]
+            path = f"{package_root}/{tail}"
         if inspect.ismodule(obj):
             header = f"`{path}`\n\n"
         else:

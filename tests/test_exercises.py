@@ -67,6 +67,18 @@ def enter_root(rootfs: str) -> None:
     os.chroot(rootfs)
     os.chdir("/")
 """),
+    "any SIGKILL taken for an OOM kill": ("03-cgroups", "run_limited", """
+def run_limited(argv: list[str], memory_bytes: int) -> tuple[int, bool]:
+    limits = Resources(memory=memory_bytes, memory_swap=memory_bytes)
+    with cgroups.create(f"mini-docker-exercises/run-{os.getpid()}-{time.monotonic_ns()}", limits) as group:
+        proc = subprocess.Popen(["sh", "-c", 'read -r go; exec "$@"', "sh", *argv],
+                                stdin=subprocess.PIPE)
+        group.add(proc.pid)
+        proc.stdin.write(b"go\\n")
+        proc.stdin.close()
+        returncode = proc.wait()
+        return returncode, returncode == -signal.SIGKILL
+"""),
 }
 
 
