@@ -196,7 +196,7 @@ def test_create_start_state_kill_delete(runtime_root, bundle, tmp_path):
     state = json.loads(mini_runc(runtime_root, "state", "c1").stdout)
     assert state["status"] == "created"
     assert state["pid"] == int(pid_file.read_text()) > 0
-    assert set(state) >= {"ociVersion", "id", "status", "pid", "bundle", "annotations"}
+    assert set(state) >= {"ociVersion", "id", "status", "pid", "bundle", "created"}
     assert state["bundle"] == str(b)
     # the init waits: it has not run sleep yet
     assert Path(f"/proc/{state['pid']}/cmdline").read_bytes() != b"sleep\x0060\x00"
