@@ -146,3 +146,22 @@ def test_bad_resources_are_one_line_errors_before_anything_exists(runtime_root, 
     assert result.returncode == 1
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_events_stats_reads_the_cgroup_while_it_runs(runtime_root, bundle):
+    b = bundle(["sh", "-c", "sleep 30 & sleep 30 & while true; do :; done"],
+               {"memory": {"limit": 64 * 2**20}, "pids": {"limit": 50}}, name="st")
+    assert mini_runc(runtime_root, "run", "-d", "--bundle", str(b), "st").returncode == 0
+    try:
+        time.sleep(0.3)
+        first = json.loads(mini_runc(runtime_root, "events", "--stats", "st").stdout)["data"]
+        time.sleep(0.3)
+        second = json.loads(mini_runc(runtime_root, "events", "--stats", "st").stdout)["data"]
+        assert first["pids"] == {"current": 3, "limit": 50}
+        assert first["memory"]["usage"]["limit"] == 64 * 2**20
+        assert 0 < first["memory"]["usage"]["usage"] < 64 * 2**20
+        busy_ns = second["cpu"]["usage"]["total"] - first["cpu"]["usage"]["total"]
+        assert busy_ns > 0.1e9  # the busy loop used CPU between the two readings
+    finally:
+        mini_runc(runtime_root, "delete", "--force", "st")
+    assert mini_runc(runtime_root, "events", "--stats", "st").returncode == 1

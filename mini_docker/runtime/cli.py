@@ -58,6 +58,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     verb("start", "start a created container").add_argument("id")
     verb("pause", "freeze every process of a container").add_argument("id")
     verb("resume", "thaw a paused container").add_argument("id")
+    ev = verb("events", "print a container's resource usage (with --stats) as JSON")
+    ev.add_argument("--stats", action="store_true", help="one reading, then exit")
+    ev.add_argument("--interval", default="5s", help="accepted for runc compatibility")
+    ev.add_argument("id")
     verb("state", "print a container's state as JSON").add_argument("id")
     k = verb("kill", "send a signal to a container's init")
     k.add_argument("-a", "--all", action="store_true", help="to every process in the container")
@@ -136,6 +140,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         rt.pause(args.id, root=root)
     elif args.verb == "resume":
         rt.resume(args.id, root=root)
+    elif args.verb == "events":
+        _events(args)
     elif args.verb == "run":
         return rt.run(args.id, args.bundle, root=root, pid_file=args.pid_file,
                       console_socket=args.console_socket, detach=args.detach, keep=args.keep)
@@ -158,6 +164,19 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         print(json.dumps(features(), indent=2))
     return 0
+
+
+def _events(args: argparse.Namespace) -> None:
+    import time
+
+    from mini_docker.runtime.events import stats
+
+    seconds = float(args.interval.rstrip("s") or 5)
+    while True:
+        print(json.dumps(stats(args.id, root=args.root)), flush=True)
+        if args.stats:
+            return
+        time.sleep(seconds)
 
 
 def _delete(args: argparse.Namespace, rt) -> None:
