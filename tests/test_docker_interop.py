@@ -17,6 +17,7 @@ removes everything it made; the module then checks the host is as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -398,3 +399,42 @@ def test_ctr_runs_the_image_with_mini_runc(daemon):
         subprocess.run([*ctr, "images", "rm", "docker.io/library/busybox:latest"],
                        capture_output=True, timeout=60)
 
+
+
+# --- cgroups through docker: limits, stats, pause ---------------------------------------
+
+
+def test_docker_limits_reach_the_containers_cgroup(daemon):
+    result = daemon.docker(*RUN, "--rm", "-m", "64m", "--pids-limit", "33", "busybox", "sh", "-c",
+                           "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
+                           "|| cat /sys/fs/cgroup/memory.max; "
+                           "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(64 * 2**20), "33"]
+
+
+def test_docker_oom_is_reported_by_docker(daemon):
+    result = daemon.docker(*RUN, "--name", "oomer", "-m", "32m", "--memory-swap", "32m", "busybox",
+                           "tail", "-n", "1", "/dev/zero", timeout=120)
+    try:
+        assert result.returncode == 137
+        inspect = json.loads(daemon.docker("inspect", "oomer").stdout)[0]["State"]
+        assert inspect["OOMKilled"] is True and inspect["ExitCode"] == 137
+    finally:
+        daemon.docker("rm", "-f", "oomer")
+
+
+def test_docker_pause_unpause_and_stats(daemon):
+    assert daemon.docker(*RUN, "-d", "--name", "pauser", "busybox", "sleep", "60").returncode == 0
+    try:
+        paused = daemon.docker("pause", "pauser")
+        assert paused.returncode == 0, paused.stderr
+        assert daemon.docker("inspect", "-f", "{{.State.Status}}", "pauser").stdout.strip() == "paused"
+        assert daemon.docker("unpause", "pauser").returncode == 0
+        assert daemon.docker("inspect", "-f", "{{.State.Status}}", "pauser").stdout.strip() == "running"
+        stats = daemon.docker("stats", "--no-stream", "--format", "{{.PIDs}} {{.MemUsage}}", "pauser")
+        assert stats.returncode == 0, stats.stderr
+        pids, usage = stats.stdout.split(" ", 1)
+        assert pids == "1" and "/" in usage
+    finally:
+        daemon.docker("rm", "-f", "pauser")
