@@ -21,7 +21,7 @@ if [[ "${1:-}" == "--test" ]]; then
     # mini-runc is compared against (tests/test_runc_interop.py, tests/bench/).
     # docker.io and containerd (dockerd, ctr) run mini-runc in place of runc
     # (tests/test_docker_interop.py).
-    packages+=(cloud-init ruby chromium crun docker.io containerd)
+    packages+=(cloud-init ruby chromium crun docker.io containerd skopeo umoci)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
