@@ -265,3 +265,24 @@ def test_cli_refuses_a_non_empty_rootfs_dir(tmp_path):
 def test_cli_image_without_a_verb_is_a_usage_error():
     result = mini_docker("image")
     assert result.returncode == 2 and "usage: mini-docker image" in result.stderr
+
+
+def test_bootstrap_puts_a_real_image_in_the_store(tmp_path):
+    import subprocess
+    import sys
+
+    from mini_docker.image.store import ImageStore
+
+    env = {**os.environ, "MINI_DOCKER_ROOT": str(tmp_path / "state")}
+    ids = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "mini_docker", "image", "bootstrap", "busybox"],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        ids.append(done.stdout.split("busybox:latest is image ")[1].split()[0])
+    assert ids[0] == ids[1]  # the same busybox gives the same image, run after run
+    store = ImageStore(tmp_path / "state" / "image")
+    image = store.image("busybox")
+    assert image.id == ids[0]
+    config = store.config(store.manifest(image.digest))
+    assert config.config["Cmd"] == ["sh"] and len(config.diff_ids) == 1

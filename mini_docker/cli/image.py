@@ -1,11 +1,13 @@
 """`mini-docker image`: manage images.
 
-Only `image bootstrap busybox` exists so far. It makes the base image's root
-filesystem offline from the host's static busybox (the recipe is in
-`mini_docker.image.bootstrap`) and leaves it as a plain directory under the
-state root, where a container can use it until the image store arrives.
-Running it again is harmless: a rootfs that is there already is kept, unless
---force asks for a new one.
+Only `image bootstrap busybox` exists here; the other image commands go
+through the daemon, as docker's do. It makes the base image offline from the
+host's static busybox (the recipe is in `mini_docker.image.bootstrap`): a root
+filesystem directory under the state root, and from its reproducible tar a
+real one-layer image, busybox:latest, in the image store
+($MINI_DOCKER_ROOT/image). Running it again is harmless: a rootfs that is
+there already is kept, unless --force asks for a new one, and the same
+busybox always gives the same image ID.
 """
 
 from __future__ import annotations
@@ -50,13 +52,30 @@ def _bootstrap(args: argparse.Namespace) -> int:
     dest = args.rootfs or state_root() / "rootfs" / "busybox"
     if is_busybox_rootfs(dest) and not args.force:
         print(f"busybox rootfs already exists at {dest} (--force makes it again)")
-        return 0
+        return _store_image(dest)
     binary = find_busybox(args.busybox)
     try:
         busybox_rootfs(dest, binary, replace=args.force)
     except OSError as err:  # e.g. a state root this user may not write to
         raise MiniDockerError(f"cannot make {dest}: {err.strerror or err}") from None
     print(f"busybox rootfs made at {dest} from {binary}")
+    return _store_image(dest)
+
+
+def _store_image(rootfs: Path) -> int:
+    """Put busybox:latest, made from `rootfs`, in the image store."""
+    import tempfile
+
+    from mini_docker.image.bootstrap import rootfs_tar
+    from mini_docker.image.oci import image_from_rootfs_tar
+    from mini_docker.image.store import ImageStore
+
+    store = ImageStore(state_root() / "image")
+    with tempfile.TemporaryFile() as tar:
+        rootfs_tar(rootfs, tar)
+        tar.seek(0)
+        image = image_from_rootfs_tar(store, tar, {"Cmd": ["sh"]}, "busybox:latest")
+    print(f"busybox:latest is image {image.id} in {store.root}")
     return 0
 
 
