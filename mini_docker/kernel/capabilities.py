@@ -53,6 +53,7 @@ Two rules about this module's calls:
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -190,8 +191,12 @@ def from_mask(mask: int) -> frozenset[str]:
     return frozenset(name for number, name in _NAMES.items() if mask >> number & 1)
 
 
+@functools.cache
 def last_cap() -> int:
-    """The highest capability number this kernel knows (40 on Linux 5.9 and later)."""
+    """The highest capability number this kernel knows (40 on Linux 5.9 and later).
+
+    Read once: it is fixed when the kernel is built.
+    """
     with open(_LAST_CAP_FILE) as f:
         return int(f.read())
 
@@ -353,15 +358,18 @@ def change_user(uid: int, gid: int, additional_gids: Iterable[int] = ()) -> None
     The user change also clears the parent-death signal (PR_SET_PDEATHSIG):
     a runtime that relies on it sets it again afterwards, as runc does.
     """
-    held = capget()
     groups = list(additional_gids)
-    keep_caps_across_setuid(True)
+    # Becoming (or staying) root changes no capability: the dance is for leaving root.
+    held = capget() if uid != 0 else None
+    if held:
+        keep_caps_across_setuid(True)
     _as_syscall_error("setgroups", repr(groups), os.setgroups, groups)
     _as_syscall_error("setgid", str(gid), os.setgid, gid)
     _as_syscall_error("setuid", str(uid), os.setuid, uid)
-    capset(held.effective, held.permitted, held.inheritable)
-    set_ambient(held.ambient or ())
-    keep_caps_across_setuid(False)
+    if held:
+        capset(held.effective, held.permitted, held.inheritable)
+        set_ambient(held.ambient or ())
+        keep_caps_across_setuid(False)
 
 
 def apply_process_capabilities(bounding: Iterable[str], effective: Iterable[str],

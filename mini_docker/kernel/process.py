@@ -28,7 +28,6 @@ so nothing is left running when a notebook's kernel is stopped.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import warnings
 from typing import Any, Callable, TypeVar
@@ -180,6 +179,8 @@ def _traceback_text() -> str:
 
 
 def _send(fd: int, message: tuple) -> None:
+    import pickle  # only run_isolated needs it: runtime commands do not pay for it
+
     try:
         data = pickle.dumps(message)
     except Exception as err:  # an unpicklable result or exception: say what it was
@@ -199,6 +200,8 @@ def _read_all(fd: int) -> bytes:
 
 
 def _unpack(data: bytes, wait_status: int) -> Any:
+    import pickle
+
     if not data:
         raise ChildError(f"the child exited without a result (exit status {exit_status(wait_status)})")
     kind, value, child_traceback = pickle.loads(data)

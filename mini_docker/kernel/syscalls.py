@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 from mini_docker.kernel import constants as C
 
@@ -107,9 +107,12 @@ def _path(p: Path | None) -> bytes | None:
     return None if p is None else os.fsencode(p)
 
 
-def _check(result: int, call: str, args: Iterable[object]) -> int:
+def _check(result: int, call: str, args: Iterable[object] | Callable[[], Iterable[object]]) -> int:
+    """`result`, or a SyscallError if it is -1. `args` may be a function that spells
+    the arguments: mounts and prctls are many, and only a failure needs the words."""
     if result == -1:
-        raise syscall_error(ctypes.get_errno(), call, ", ".join(map(str, args)))
+        err = ctypes.get_errno()
+        raise syscall_error(err, call, ", ".join(map(str, args() if callable(args) else args)))
     return result
 
 
@@ -120,7 +123,7 @@ def unshare(flags: int) -> None:
     caller's children, not to the caller: the next child forked is its PID 1.
     CLONE_NEWUSER requires a single-threaded caller.
     """
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare", [flag_names(flags, "CLONE_")])
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare", lambda: [flag_names(flags, "CLONE_")])
 
 
 def setns(fd: int, nstype: int = 0) -> None:
@@ -129,7 +132,7 @@ def setns(fd: int, nstype: int = 0) -> None:
     `nstype` is 0 (any kind) or the CLONE_NEW* constant the caller expects.
     """
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns",
-           [fd, flag_names(nstype, "CLONE_")])
+           lambda: [fd, flag_names(nstype, "CLONE_")])
 
 
 def mount(source: Path | None, target: Path, fstype: str | None = None,
@@ -141,16 +144,16 @@ def mount(source: Path | None, target: Path, fstype: str | None = None,
     a bind mount, a remount or a propagation change; `flags` an OR of MS_*;
     `data` the filesystem's own options ("mode=755,size=65536k").
     """
-    args = [repr(source), repr(os.fsdecode(target)), repr(fstype), flag_names(flags, "MS_"), repr(data)]
     result = _libc.mount(_path(source), _path(target), fstype and fstype.encode(),
                          ctypes.c_ulong(flags), data and data.encode())
-    _check(result, "mount", args)
+    _check(result, "mount", lambda: [repr(source), repr(os.fsdecode(target)), repr(fstype),
+                                      flag_names(flags, "MS_"), repr(data)])
 
 
 def umount2(target: Path, flags: int = 0) -> None:
     """Detach the filesystem mounted at `target`; `flags` may be MNT_DETACH (lazy)."""
     _check(_libc.umount2(_path(target), ctypes.c_int(flags)), "umount2",
-           [repr(os.fsdecode(target)), flag_names(flags, "MNT_")])
+           lambda: [repr(os.fsdecode(target)), flag_names(flags, "MNT_")])
 
 
 def pivot_root(new_root: Path, put_old: Path) -> None:
@@ -177,7 +180,7 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     """Operate on the calling process (PR_* options); returns the call's result."""
     args = [ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5)]
     return _check(_libc.prctl(ctypes.c_int(option), *args), "prctl",
-                  [_prctl_name(option), arg2, arg3, arg4, arg5])
+                  lambda: [_prctl_name(option), arg2, arg3, arg4, arg5])
 
 
 def _prctl_name(option: int) -> str:

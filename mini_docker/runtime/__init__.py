@@ -19,6 +19,8 @@ containerd and dockerd can use it in place of runc.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 # public name -> the module that defines it, imported on first use: each
 # mini-runc command loads only what its verb needs.
@@ -45,3 +47,22 @@ def state(container_id: str, *, root: str | None = None) -> dict:
 
     states = StateDir(root) if root else StateDir()
     return states.report(states.load(container_id))
+
+
+class _Package(types.ModuleType):
+    """This package, keeping its functions when a same-named submodule loads.
+
+    The first import of mini_docker.runtime.create sets the package's attribute
+    `create` to that module (the import system does so for every submodule),
+    which would hide the function create() from then on. The functions named
+    after their modules keep their place; the modules stay in sys.modules.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and name in _SHADOWED:
+            return
+        super().__setattr__(name, value)
+
+
+_SHADOWED = {"create", "delete", "kill", "run", "start", "state"}
+sys.modules[__name__].__class__ = _Package

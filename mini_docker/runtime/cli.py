@@ -263,5 +263,21 @@ def _spec(args: argparse.Namespace, rt) -> None:
         json.dump(rt.default_spec(), f, indent="\t")
 
 
+def entry() -> None:
+    """The `mini-runc` program: main(), then leave at once.
+
+    A short-lived command gains nothing from the interpreter's orderly
+    shutdown (freeing every module and object, some 7 ms here): flush what we
+    printed and let the kernel reclaim the rest, as a C program's exit does.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import socket
 from pathlib import Path
 
 from mini_docker.errors import InvalidArgument, MiniDockerError
@@ -90,6 +89,8 @@ def _check(spec: Spec, console_socket: str | None) -> None:
 
 
 def _connect(path: str) -> socket.socket:
+    import socket  # only with a terminal; the forked init finds it already loaded
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -103,8 +104,10 @@ def _converse(ctx: InitContext, spec: Spec, child: int) -> int:
     """Answer the child until its init is ready; return the init's host pid."""
     sync = ctx.sync
     sync.parent_side()
-    init_pid = None
+    init_pid, ready = None, False
     try:
+        # "pid" comes from stage 1 and "ready" from the init: two processes, so
+        # either may arrive first, and both are needed.
         while (message := sync.receive()) is not None:
             kind = message["type"]
             if kind == "userns":
@@ -113,9 +116,11 @@ def _converse(ctx: InitContext, spec: Spec, child: int) -> int:
             elif kind == "pid":
                 init_pid = message["pid"]
             elif kind == "ready":
-                break
+                ready = True
             elif kind == "error":
                 raise CreateError(f"container init failed: {message['message']}")
+            if ready and init_pid is not None:
+                break
         else:
             raise CreateError("container init exited during set-up without saying why")
     except BaseException:

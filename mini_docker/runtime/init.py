@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import struct
 import termios
 from dataclasses import dataclass
@@ -168,6 +167,9 @@ def set_up_terminal(console: int, size: tuple[int, int] | None = None, *,
     would stack up in the container's mount namespace at every `exec -t`, and
     outlive the pty it shows (the next `exec -t` then fails with ENOENT).
     """
+    # Already loaded: `console` came from create._connect, before fork and pivot_root.
+    import socket
+
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")  # unlockpt
     number = int.from_bytes(fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"), "little")

@@ -187,7 +187,7 @@ def _mount_cgroups(target: str, flags: int) -> None:
         entries = [line.rstrip("\n").split(":", 2) for line in f]
     for _, controllers, path in entries:
         if not controllers or controllers.startswith("name="):
-            continue  # the hybrid host's v2 tree and named hierarchies stay hidden, as in runc
+            continue  # the hybrid host's v2 tree and named hierarchies (runc shows name=systemd) stay hidden
         host_dir = f"/sys/fs/cgroup/{controllers}"
         if not os.path.isdir(host_dir):
             continue

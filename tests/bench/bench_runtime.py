@@ -238,7 +238,17 @@ def interpreter_costs(env: dict[str, str]) -> list[Series]:
 
 
 def clean_up(workdir: Path) -> None:
-    """Delete whatever a failed run left, with the runtime that made it."""
+    """Delete whatever a failed run left, with the runtime that made it.
+
+    A container whose `create` failed half-way may have left its init behind;
+    we are a subreaper, so it is our child by now: kill and reap our children.
+    """
+    for pid in _own_children():
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
     for tool in ("runc", "crun"):
         if (workdir / f"{tool}-root").exists() and shutil.which(tool):
             hide = ["unshare", "-m", "sh", "-c", HIDE_UNIFIED] if tool == "crun" and \
@@ -250,6 +260,19 @@ def clean_up(workdir: Path) -> None:
             delete(CID, force=True, root=root)
         except Exception:
             pass
+
+
+def _own_children() -> list[int]:
+    """The pids whose parent is this process (field 4 of /proc/PID/stat)."""
+    me, found = os.getpid(), []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                    found.append(int(entry))
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 # --- the report -----------------------------------------------------------------------------
