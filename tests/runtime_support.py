@@ -53,3 +53,17 @@ def mounts_mentioning(text: str) -> list[str]:
 
 def run_in_container(root: Path, bundle: Path, cid: str = "t") -> subprocess.CompletedProcess:
     return mini_runc(root, "run", "--bundle", str(bundle), cid)
+
+
+def wait_until_running(root: Path, cid: str, timeout: float = 10) -> dict:
+    """Poll `state` until the container runs; return its state."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        state = mini_runc(root, "state", cid)
+        if state.returncode == 0 and json.loads(state.stdout)["status"] == "running":
+            return json.loads(state.stdout)
+        assert time.monotonic() < deadline, f"{cid} did not start: {state.stderr}"
+        time.sleep(0.02)

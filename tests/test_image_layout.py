@@ -9,7 +9,6 @@ is not installed (`lab/host-setup.sh --test` installs them all).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -29,22 +28,10 @@ from mini_docker.image.layout import (load, load_docker_archive, load_oci_layout
 from mini_docker.image.oci import image_from_rootfs_tar
 from mini_docker.image.store import ImageStore
 
+from image_support import sha, small_tar
+
 SKOPEO = shutil.which("skopeo")
 UMOCI = shutil.which("umoci")
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def small_tar(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ that the base image is reproducible.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import multiprocessing
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -24,20 +22,7 @@ from mini_docker.image.oci import (Descriptor, Index, Manifest, canonical_json, 
                                    image_from_rootfs_tar, parse_manifest)
 from mini_docker.image.store import BlobStore, ImageStore
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def small_tar(files: dict[str, bytes]) -> bytes:
-    """A reproducible tar of `files`, as rootfs_tar would write it."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+from image_support import sha, small_tar
 
 
 @pytest.fixture

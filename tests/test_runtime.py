@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import base_config, make_bundle, mini_runc, mounts_mentioning
+from runtime_support import base_config, make_bundle, mini_runc, mounts_mentioning, wait_until_running
 
 
 @pytest.fixture
@@ -46,14 +46,8 @@ def test_killed_by_a_signal_is_128_plus_the_signal(runtime_root, bundle):
 
     running = subprocess.Popen([sys.executable, "-m", "mini_docker.runtime.cli", "--root",
                                 str(runtime_root), "run", "--bundle", str(bundle("sleep", "60")), "k"])
-    deadline = time.monotonic() + 10
-    while True:
-        state = mini_runc(runtime_root, "state", "k")
-        if state.returncode == 0 and json.loads(state.stdout)["status"] == "running":
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(json.loads(state.stdout)["pid"], signal.SIGKILL)  # from outside: PID 1 can't refuse
+    state = wait_until_running(runtime_root, "k")
+    os.kill(state["pid"], signal.SIGKILL)  # from outside: PID 1 can't refuse
     assert running.wait(10) == 137
 
 
@@ -438,13 +432,7 @@ def test_tiny_init_forwards_sigterm_to_the_program(runtime_root, tmp_path, busyb
     with open(out, "w") as f:
         running = subprocess.Popen([sys.executable, "-m", "mini_docker.runtime.cli", "--root",
                                     str(runtime_root), "run", "--bundle", str(b), "sig"], stdout=f)
-        deadline = time.monotonic() + 10
-        while True:
-            state = mini_runc(runtime_root, "state", "sig")
-            if state.returncode == 0 and json.loads(state.stdout)["status"] == "running":
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until_running(runtime_root, "sig")
         time.sleep(0.3)
         assert mini_runc(runtime_root, "kill", "sig", "TERM").returncode == 0  # to PID 1: the init
         assert running.wait(10) == 3
