@@ -5,17 +5,16 @@ use it we write its entries into a directory: a fresh one per layer for an
 overlayfs snapshot, or the directory that already holds the layers below it.
 That sounds like `tar -xf`, and it is, except that a layer comes from the
 internet and its author may want us to write somewhere else: `../../etc/cron.d/x`,
-`/root/.ssh/authorized_keys`, or, subtler, a symlink `lib -> /etc` followed by
-an entry `lib/passwd`. Every container runtime has shipped a bug of this kind
-(docker, containerd, podman, Python's own tarfile filters as late as 2025), so
-we do not delegate: tarfile only parses the headers, and we create every entry
-ourselves with a few rules.
+or, subtler, a symlink `lib -> /etc` followed by an entry `lib/passwd`. Every
+container engine has shipped a bug of this kind, and so has Python's tarfile
+(its extraction filters were bypassed in 2025), so we do not delegate:
+tarfile only parses the headers, and we make every entry ourselves, by rules.
 
 1. Names are cleaned the way docker cleans them. A leading "/" is dropped
    (an absolute name is relative to the layer's root, as GNU tar and docker
    read it), "." and empty components go, and ".." cancels the component
    before it. A name whose ".." would climb above the root is refused: no
-   legitimate layer has one. The same goes for hard link targets.
+   legitimate layer has one. So is a hard link target that would.
 2. The entry's parent directory is found component by component, each one
    opened with `openat(O_NOFOLLOW | O_DIRECTORY)` relative to the one before,
    starting from a descriptor on the destination. A component that is a
@@ -23,25 +22,25 @@ ourselves with a few rules.
    "/" (what the kernel's `openat2(RESOLVE_IN_ROOT)` does, which Python 3.11
    cannot call): `/etc` means dest/etc, and ".." at the root stays at the
    root. So `lib -> /etc` then `lib/passwd` writes dest/etc/passwd, as the
-   image's author meant it inside a container, and never the host's.
-3. The last component is never followed. Every entry is made with a call
-   that refuses to go through a symlink (openat O_CREAT|O_EXCL, mkdirat,
+   image's author meant it inside a container, and never the host's. A hard
+   link target and a whiteout's directory are found the same way.
+3. The last component is never followed. Every entry is made by a call
+   that will not go through a symlink (openat O_CREAT|O_EXCL, mkdirat,
    symlinkat, linkat without AT_SYMLINK_FOLLOW, mknodat), and whatever stood
    there before is removed first, never opened and truncated. Owner, mode,
-   xattrs and times are set on the new descriptor (fchown, fchmod,
-   fsetxattr, futimens), not by path.
+   xattrs and times are set through the new descriptor (fchown, fchmod,
+   fsetxattr, futimens), not by path; a hard link entry sets none of them.
 4. A symlink's own target is data: `bin/sh -> /bin/busybox` is kept byte for
    byte, whatever it points at. It only matters when a later entry goes
    through it, and then rule 2 applies.
 
-What stays racy. Each step holds a descriptor on a directory inside the
-destination and never asks the kernel to resolve "..", so a symlink swapped
-in by someone else meanwhile is read (and confined) by us, not followed. What
-a descriptor cannot guard against is another process renaming a directory we
-hold to somewhere outside the destination while we write in it. That needs
-write access to the destination, which is a fresh directory under
-mini-docker's root-owned state directory: only root can do it, and root can
-write anywhere anyway.
+What stays racy. Every step holds a descriptor on a directory inside the
+destination and never asks the kernel to resolve ".." or a symlink, so a
+symlink swapped in meanwhile is read (and confined) by us, not followed. What
+a descriptor cannot guard against is another process moving a directory we
+hold to somewhere outside the destination while we write in it. That takes
+write access to the destination, a fresh directory under mini-docker's
+root-owned state directory: only root can, and root can write anywhere anyway.
 
 A failed unpack leaves the entries written so far and raises; nothing is
 rolled back (in "delete" mode the lower layers' removed files could not come
@@ -62,12 +61,13 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Callable, Literal, TypeVar
 
 from mini_docker.errors import InvalidArgument, MiniDockerError, NotFound
 from mini_docker.image import whiteout as wh
 
 WhiteoutMode = Literal["overlay", "delete"]
+T = TypeVar("T")
 
 ZSTD_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 
@@ -76,10 +76,9 @@ MAX_SYMLINK_HOPS = 40
 
 COPY_BUFFER = 1 << 20
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAGIC = [(b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bzip2"),
-          (b"\xfd7zXZ\x00", "xz")]
+_MAGIC = [(b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz")]
 _DEVICE_TYPES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
                  tarfile.FIFOTYPE: stat.S_IFIFO}
 
@@ -104,7 +103,7 @@ class LayerStats:
     opaques: int = 0        # .wh..wh..opq entries applied
     removed: int = 0        # entries of the destination removed (replaced or whited out)
     xattrs: int = 0
-    xattrs_skipped: int = 0  # trusted.overlay.* from the layer: overlayfs's, not the image's
+    xattrs_skipped: int = 0  # trusted.overlay.* and user.overlay.*: overlayfs's, never a layer's
 
 
 def unpack_layer(layer: str | os.PathLike | BinaryIO, dest: Path, *,
@@ -192,12 +191,12 @@ def _decompressed(layer: BinaryIO, compression: str | None) -> tuple[BinaryIO, s
         seekable = False
     if seekable:
         start = layer.tell()
-        head = layer.read(6)
+        head = layer.read(10)
         layer.seek(start)
         stream = layer
     else:
         head = b""
-        while len(head) < 6 and (more := layer.read(6 - len(head))):
+        while len(head) < 10 and (more := layer.read(10 - len(head))):
             head += more
         stream = _ForwardReader(layer, head)
     name = _compression_name(compression) if compression else _sniff(head)
@@ -219,6 +218,9 @@ def _decompressed(layer: BinaryIO, compression: str | None) -> tuple[BinaryIO, s
 
 
 def _sniff(head: bytes) -> str:
+    """The compression that the first bytes announce; "none" for a tar (its first entry's name)."""
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        return "bzip2"  # all ten bytes: "BZh" alone could begin a file name
     return next((name for magic, name in _MAGIC if head.startswith(magic)), "none")
 
 
@@ -247,9 +249,11 @@ def _fast_fd(stream: BinaryIO, compression: str) -> int | None:
         return None
 
 
-def _archive_error(compression: str, after: str | None, err: BaseException) -> InvalidArgument:
+def _archive_error(compression: str, err: BaseException, *, after: str | None = None,
+                   inside: str | None = None) -> InvalidArgument:
     kind = "tar" if compression == "none" else f"tar+{compression}"
-    where = f" (after entry {after!r})" if after is not None else ""
+    where = (f" (in entry {inside!r})" if inside is not None
+             else f" (after entry {after!r})" if after is not None else "")
     text = " ".join(str(err).split()) or type(err).__name__
     return InvalidArgument(f"layer is not a valid {kind} archive{where}: {text}")
 
@@ -276,12 +280,14 @@ def _clean(name: str, entry: str, what: str = "path") -> tuple[str, ...]:
 class _LayerRoot:
     """The destination directory, and directories below it found without leaving it.
 
-    `open_dir` returns a descriptor (the caller closes it) and the directory's
-    real path below the root. Resolved directories are cached by the name
-    that led to them, so that 5,000 files in 50 directories cost 50 walks, not
-    5,000. The cache holds descriptors, which stay on the directory they were
-    opened on, and it is emptied whenever the unpacker removes anything,
-    since only a removal can change where a name leads.
+    `open_dir` returns a descriptor and the directory's real path below the
+    root. Resolved directories are cached by the name that led to them, so
+    that 5,000 files in 50 directories cost 50 walks, not 5,000. The cache
+    owns the descriptors: a caller borrows one until it calls `release`, once
+    per entry. A descriptor stays on the directory it was opened on, whatever
+    happens to names meanwhile, and the cache is emptied whenever the
+    unpacker removes anything, since only a removal can change where a name
+    leads.
     """
 
     CACHE_SIZE = 64
@@ -294,17 +300,25 @@ class _LayerRoot:
         except NotADirectoryError:
             raise InvalidArgument(f"{dest} is not a directory") from None
         self._cache: OrderedDict[tuple[str, ...], tuple[int, tuple[str, ...]]] = OrderedDict()
+        self._retired: list[int] = []  # out of the cache, maybe still borrowed
 
     def __enter__(self) -> "_LayerRoot":
         return self
 
     def __exit__(self, *exc) -> None:
         self.forget()
+        self.release()
         os.close(self.fd)
 
     def forget(self) -> None:
-        while self._cache:
-            os.close(self._cache.popitem()[1][0])
+        """Empty the cache (its descriptors stay open until `release`)."""
+        self._retired.extend(fd for fd, _ in self._cache.values())
+        self._cache.clear()
+
+    def release(self) -> None:
+        """The caller is done with every descriptor it borrowed."""
+        while self._retired:
+            os.close(self._retired.pop())
 
     def open_dir(self, parts: tuple[str, ...], entry: str,
                  create: bool) -> tuple[int, tuple[str, ...]] | None:
@@ -313,15 +327,17 @@ class _LayerRoot:
         create: make missing directories (mode 0755, root's), as tar does
             for an entry whose parent the archive does not list.
         """
+        if not parts:
+            return self.fd, ()
         cached = self._cache.get(parts)
         if cached is not None:
             self._cache.move_to_end(parts)
-            return os.dup(cached[0]), cached[1]
+            return cached
         found = self._walk(parts, entry, create)
         if found is not None:
-            self._cache[parts] = (os.dup(found[0]), found[1])
+            self._cache[parts] = found
             if len(self._cache) > self.CACHE_SIZE:
-                os.close(self._cache.popitem(last=False)[1][0])
+                self._retired.append(self._cache.popitem(last=False)[1][0])
         return found
 
     def open_real(self, path: tuple[str, ...]) -> int | None:
@@ -350,12 +366,13 @@ class _LayerRoot:
         names: list[str] = []     # the real path they stand for
         todo = list(reversed(parts))
         hops = 0
+        made = None
         try:
             while todo:
                 part = todo.pop()
                 if part in ("", "."):
                     continue
-                if part == "..":  # ours to interpret, never the kernel's: ".." of the root is the root
+                if part == "..":  # ours, not the kernel's: ".." of the root is the root
                     if fds:
                         os.close(fds.pop())
                         names.pop()
@@ -364,14 +381,20 @@ class _LayerRoot:
                 try:
                     fds.append(os.open(part, _DIR, dir_fd=here))
                     names.append(part)
+                    made = None
                     continue
                 except FileNotFoundError:
                     if not create:
                         return None
+                    if made == (len(names), part):  # we made it, and it is gone again
+                        where = "/".join([*names, part])
+                        raise InvalidArgument(f"layer entry {entry!r}: directory {where!r} "
+                                              "vanished as it was made")
                     try:
                         os.mkdir(part, 0o755, dir_fd=here)
                     except FileExistsError:
                         pass
+                    made = (len(names), part)
                     todo.append(part)  # and open it on the next turn
                     continue
                 except OSError as err:
@@ -414,7 +437,7 @@ class _Unpacker:
         self.root = root
         self.mode = whiteouts
         self.stream = stream
-        self.fast_fd = fast_fd
+        self.kernel_copy = _KernelCopy(fast_fd) if fast_fd is not None else None
         self.stats = LayerStats()
         self.tar: tarfile.TarFile | None = None
         # Directories get their mode and mtime last (a 0500 directory still
@@ -432,6 +455,7 @@ class _Unpacker:
             self.stats.entries += 1
             self.apply(member)
             last = member.name
+            self.tar.members.clear()  # tarfile keeps every header; a layer may have millions
         self._read(self._drain, last)
         try:
             self._finish_directories()
@@ -443,7 +467,7 @@ class _Unpacker:
         try:
             return step()
         except _READ_ERRORS as err:
-            raise _archive_error(self.stats.compression, after, err) from None
+            raise _archive_error(self.stats.compression, err, after=after) from None
 
     def _drain(self) -> None:
         """Read a compressed or piped stream to its end: a gzip checksum is verified there."""
@@ -461,7 +485,7 @@ class _Unpacker:
             *parent, name = parts
             if wh.is_opaque(name):
                 self._opaque(tuple(parent), entry)
-            elif wh.is_meta(name):
+            elif wh.is_meta(parts):  # docker skips them too
                 pass
             elif (hidden := wh.hidden_name(name)) is not None:
                 self._whiteout(tuple(parent), hidden, member)
@@ -469,16 +493,14 @@ class _Unpacker:
                 self._entry(tuple(parent), name, member)
         except OSError as err:
             raise MiniDockerError(f"layer entry {entry!r}: {_strerror(err)}") from None
+        finally:
+            self.root.release()
 
     def _root_entry(self, member: tarfile.TarInfo) -> None:
-        """"./" sets the root's own owner, mode and times; anything else there is refused."""
+        """An entry for the root itself ("./") may set its owner, mode and times, nothing more."""
         if not member.isdir():
             raise UnsafeLayer(f"layer entry {member.name!r}: would replace the layer root")
-        fd = os.dup(self.root.fd)
-        try:
-            self._directory_metadata(fd, (), member)
-        finally:
-            os.close(fd)
+        self._directory_metadata(self.root.fd, (), member)
 
     def _entry(self, parent: tuple[str, ...], name: str, member: tarfile.TarInfo) -> None:
         if member.islnk():  # resolve the target first: it is refused if it escapes
@@ -486,31 +508,28 @@ class _Unpacker:
             if not target:
                 raise UnsafeLayer(f"layer entry {member.name!r}: hard link to the layer root")
         dir_fd, real = self.root.open_dir(parent, member.name, create=True)
-        try:
-            if member.isdir():
-                self._directory(dir_fd, real, name, member)
-            elif member.isreg():
-                self._file(dir_fd, name, member)
-            elif member.issym():
-                self._symlink(dir_fd, name, member)
-            elif member.islnk():
-                self._hardlink(dir_fd, name, target, member)
-            elif member.type in _DEVICE_TYPES:
-                self._device(dir_fd, name, member)
-            else:
-                raise InvalidArgument(f"layer entry {member.name!r}: unsupported tar entry type "
-                                      f"{member.type!r}")
-            if self.mode == "delete":
-                self._made(real + (name,))
-        finally:
-            os.close(dir_fd)
+        if member.isdir():
+            self._directory(dir_fd, real, name, member)
+        elif member.isreg():
+            self._file(dir_fd, name, member)
+        elif member.issym():
+            self._symlink(dir_fd, name, member)
+        elif member.islnk():
+            self._hardlink(dir_fd, name, target, member)
+        elif member.type in _DEVICE_TYPES:
+            self._device(dir_fd, name, member)
+        else:
+            raise InvalidArgument(f"layer entry {member.name!r}: unsupported tar entry type "
+                                  f"{member.type!r}")
+        if self.mode == "delete":
+            self._made(real + (name,))
 
     def _made(self, path: tuple[str, ...]) -> None:
         while path and path not in self.made:
             self.made.add(path)
             path = path[:-1]
 
-    def _replace(self, dir_fd: int, name: str, make) -> None:
+    def _replace(self, dir_fd: int, name: str, make: Callable[[], T]) -> T:
         """make() the entry; if the name is taken, remove what is there and try again."""
         try:
             return make()
@@ -575,23 +594,20 @@ class _Unpacker:
             raise InvalidArgument(f"{missing} is not in the layer")
         target_fd, _ = found
         try:
-            try:
-                st = os.stat(target[-1], dir_fd=target_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                raise InvalidArgument(f"{missing} is not in the layer") from None
-            if stat.S_ISDIR(st.st_mode):
-                raise InvalidArgument(f"{missing} is a directory")
-            try:
-                here = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
-                    return  # already the same file
-            except FileNotFoundError:
-                pass
-            # No metadata from a link entry: it names an inode the archive already described.
-            self._replace(dir_fd, name, lambda: os.link(target[-1], name, src_dir_fd=target_fd,
-                                                        dst_dir_fd=dir_fd, follow_symlinks=False))
-        finally:
-            os.close(target_fd)
+            st = os.stat(target[-1], dir_fd=target_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise InvalidArgument(f"{missing} is not in the layer") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidArgument(f"{missing} is a directory")
+        try:
+            here = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino):
+                return  # already the same file
+        except FileNotFoundError:
+            pass
+        # No metadata from a link entry: it names an inode the archive already described.
+        self._replace(dir_fd, name, lambda: os.link(target[-1], name, src_dir_fd=target_fd,
+                                                    dst_dir_fd=dir_fd, follow_symlinks=False))
         self.stats.hardlinks += 1
 
     def _device(self, dir_fd: int, name: str, member: tarfile.TarInfo) -> None:
@@ -625,14 +641,11 @@ class _Unpacker:
             self.stats.whiteouts += 1
             return
         dir_fd, _ = found
-        try:
-            self.root.forget()
-            if self.mode == "overlay":
-                wh.overlay_whiteout(dir_fd, hidden, member.uid, member.gid)
-            else:
-                self.stats.removed += wh.remove(dir_fd, hidden)
-        finally:
-            os.close(dir_fd)
+        self.root.forget()
+        if self.mode == "overlay":
+            wh.overlay_whiteout(dir_fd, hidden, member.uid, member.gid)
+        else:
+            self.stats.removed += wh.remove(dir_fd, hidden)
         self.stats.whiteouts += 1
 
     def _opaque(self, directory: tuple[str, ...], entry: str) -> None:
@@ -641,43 +654,38 @@ class _Unpacker:
         if found is None:
             return
         dir_fd, real = found
-        try:
-            if self.mode == "overlay":
-                wh.overlay_opaque(dir_fd)
-            else:
-                self.root.forget()
-                self.stats.removed += wh.remove_lower(dir_fd, real, self.made)
-                self._made(real)
-        finally:
-            os.close(dir_fd)
+        if self.mode == "overlay":
+            wh.overlay_opaque(dir_fd)
+        else:
+            self.root.forget()
+            self.stats.removed += wh.remove_lower(dir_fd, real, self.made)
+            self._made(real)
 
     # contents and metadata
 
     def _copy_contents(self, member: tarfile.TarInfo, out: int) -> None:
         if member.size == 0:
             return
-        if member.issparse():
-            self._copy_from(self.tar.extractfile(member), member.size, out)
-            os.ftruncate(out, member.size)
-        elif self.fast_fd is not None:
-            _copy_range(self.fast_fd, member.offset_data, member.size, out)
-        else:
-            try:
-                self.stream.seek(member.offset_data)
-            except _READ_ERRORS as err:
-                raise _archive_error(self.stats.compression, member.name, err) from None
-            self._copy_from(self.stream, member.size, out)
-
-    def _copy_from(self, source: BinaryIO, size: int, out: int) -> None:
-        view = memoryview(self.buffer)
+        if self.kernel_copy is not None and not member.issparse():
+            if not self.kernel_copy(member.offset_data, member.size, out):
+                raise _archive_error(self.stats.compression, EOFError("unexpected end of data"),
+                                     inside=member.name)
+            return
+        # A sparse file's holes are in the tar's map, not in its data: tarfile reads it.
+        source = self.tar.extractfile(member) if member.issparse() else self.stream
+        view, size = memoryview(self.buffer), member.size
+        try:
+            if source is self.stream:
+                self.stream.seek(member.offset_data)  # where it is already: a no-op
+        except _READ_ERRORS as err:
+            raise _archive_error(self.stats.compression, err, inside=member.name) from None
         while size:
-            want = min(size, COPY_BUFFER)
             try:
-                got = source.readinto(view[:want])
+                got = source.readinto(view[:min(size, COPY_BUFFER)])
+                if not got:
+                    raise EOFError("unexpected end of data")
             except _READ_ERRORS as err:
-                raise _archive_error(self.stats.compression, None, err) from None
-            if not got:
-                raise InvalidArgument("layer is truncated: unexpected end of data")
+                raise _archive_error(self.stats.compression, err, inside=member.name) from None
             _write_all(out, view[:got])
             size -= got
 
@@ -688,7 +696,8 @@ class _Unpacker:
             if not key.startswith("SCHILY.xattr."):
                 continue
             name = key[len("SCHILY.xattr."):]
-            if name.startswith("trusted.overlay."):  # would steer overlayfs: never the layer's say
+            if name.startswith(("trusted.overlay.", "user.overlay.")):  # overlayfs's own: it
+                # would follow a redirect or a metacopy from a layer as from its own upper dir
                 self.stats.xattrs_skipped += 1
                 continue
             os.setxattr(target, name, value.encode("utf-8", "surrogateescape"),
@@ -711,25 +720,41 @@ class _Unpacker:
                 os.close(fd)
 
 
-def _copy_range(src: int, offset: int, size: int, out: int) -> None:
-    """Copy size bytes at offset of src to out in the kernel (copy_file_range, else pread)."""
-    end = offset + size
-    try:
+class _KernelCopy:
+    """Copies from the layer file to a new file without the bytes entering Python.
+
+    copy_file_range(2) is the fastest (on a filesystem that supports it, the
+    kernel may even share blocks); across filesystems Linux refuses it
+    (EXDEV), and sendfile(2) does the same work through the page cache. The
+    first refusal is remembered, not met again for every file.
+    """
+
+    def __init__(self, src: int) -> None:
+        self.src = src
+        self.copy = self._copy_file_range
+
+    def __call__(self, offset: int, size: int, out: int) -> bool:
+        """Copy size bytes at offset to out; False if the layer file ends first."""
+        end = offset + size
         while offset < end:
-            done = os.copy_file_range(src, out, end - offset, offset)
+            try:
+                done = self.copy(out, offset, end - offset)
+            except OSError as err:
+                if self.copy != self._copy_file_range or err.errno not in (
+                        errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                self.copy = self._sendfile
+                continue
             if not done:
-                raise InvalidArgument("layer is truncated: unexpected end of data")
+                return False
             offset += done
-        return
-    except OSError as err:
-        if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-    while offset < end:  # another filesystem on an old kernel: through user space
-        data = os.pread(src, min(end - offset, COPY_BUFFER), offset)
-        if not data:
-            raise InvalidArgument("layer is truncated: unexpected end of data")
-        _write_all(out, data)
-        offset += len(data)
+        return True
+
+    def _copy_file_range(self, out: int, offset: int, count: int) -> int:
+        return os.copy_file_range(self.src, out, count, offset)
+
+    def _sendfile(self, out: int, offset: int, count: int) -> int:
+        return os.sendfile(out, self.src, offset, count)
 
 
 def _write_all(fd: int, data) -> None:

@@ -62,8 +62,9 @@ def is_opaque(base: str) -> bool:
     return base == OPAQUE
 
 
-def is_meta(base: str) -> bool:
-    return base.startswith(META_PREFIX) and base != OPAQUE
+def is_meta(parts: tuple[str, ...]) -> bool:
+    """Whether an entry (its path's components) is AUFS bookkeeping, such as `.wh..wh.plnk/12`."""
+    return any(part.startswith(META_PREFIX) and part != OPAQUE for part in (parts[0], parts[-1]))
 
 
 def remove(dir_fd: int, name: str) -> bool:
