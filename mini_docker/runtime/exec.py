@@ -117,19 +117,11 @@ def _namespace_fds(state: ContainerState) -> dict[str, int]:
     return fds
 
 
-def _join_cgroups(init_pid: int) -> None:
-    with open(f"/proc/{init_pid}/cgroup") as f:
-        entries = [line.rstrip("\n").split(":", 2) for line in f]
-    for _, controllers, path in entries:
-        name = controllers.replace("name=", "") if controllers else "unified"
-        procs = f"/sys/fs/cgroup/{name}{path}/cgroup.procs"
-        if not os.path.exists(procs):
-            procs = f"/sys/fs/cgroup{path}/cgroup.procs" if not controllers else procs
-        try:
-            with open(procs, "w") as out:
-                out.write(str(os.getpid()))
-        except OSError:
-            continue
+def _join_cgroup(state: ContainerState) -> None:
+    """Move this process into the container's cgroup: its limits and accounts cover us."""
+    group = StateDir.group(state)
+    if group is not None and group.exists():
+        group.add(os.getpid())
 
 
 def _join_and_exec(state: ContainerState, namespaces: dict[str, int], process: Process,
@@ -137,7 +129,7 @@ def _join_and_exec(state: ContainerState, namespaces: dict[str, int], process: P
     status = 1
     try:
         sync.child_side()
-        _join_cgroups(state.pid)
+        _join_cgroup(state)
         for kind, fd in namespaces.items():
             setns(fd, 0)
         if "pid" in namespaces:
