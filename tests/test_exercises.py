@@ -79,6 +79,12 @@ def run_limited(argv: list[str], memory_bytes: int) -> tuple[int, bool]:
         returncode = proc.wait()
         return returncode, returncode == -signal.SIGKILL
 """),
+    "lower layers in the config's order": ("04-images", "mount_layers", """
+def mount_layers(lower_dirs: list[Path], upper: Path, work: Path, merged: Path) -> None:
+    lowers = ":".join(str(d) for d in lower_dirs)
+    kernel.mount("overlay", merged, "overlay", 0,
+                 f"lowerdir={lowers},upperdir={upper},workdir={work}")
+"""),
 }
 
 
