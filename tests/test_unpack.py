@@ -800,7 +800,12 @@ def test_bad_arguments(sandbox):
 # -- against the bootstrap image and GNU tar ------------------------------------------------------
 
 
-def test_the_busybox_layer_round_trips(busybox_rootfs, tmp_path):
+def test_the_busybox_layer_round_trips(tmp_path):
+    # A rootfs of its own: the session's shared one may have had mount points
+    # made (and directory mtimes changed) by the tests that ran containers in it.
+    from mini_docker.image.bootstrap import busybox_rootfs as build
+
+    busybox_rootfs = build(tmp_path / "rootfs")
     buffer = io.BytesIO()
     rootfs_tar(busybox_rootfs, buffer)
     for whiteouts in ("overlay", "delete"):
