@@ -12,7 +12,6 @@ import io
 import json
 import multiprocessing
 import os
-from pathlib import Path
 
 import pytest
 
