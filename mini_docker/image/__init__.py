@@ -12,4 +12,5 @@ the bytes up:
     layout      save and load: OCI image layout and docker-archive
     snapshot    each layer unpacked once, stacked with overlayfs per container
     container   running an image: the overlay, a bundle, the runtime
+    lifecycle   commit, rmi and prune: an image's life after it arrives
 """

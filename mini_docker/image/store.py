@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
-from mini_docker.errors import InvalidArgument, MiniDockerError, NotFound
+from mini_docker.errors import Conflict, InvalidArgument, MiniDockerError, NotFound
 from mini_docker.image.oci import HistoryEntry, ImageConfig, Manifest, parse_manifest
 from mini_docker.image.reference import (Reference, check_digest, parse_reference,
                                          tag_reference)
@@ -385,6 +385,16 @@ class ImageStore:
                 raise NotFound(f"no such image: {source}")
             state["references"][str(ref)] = digest
         return ref
+
+    def forget_image(self, manifest_digest: str) -> None:
+        """Drop the record of an untagged image (its blobs are the caller's to delete).
+
+        Refused if a tag points at it again: a concurrent `tag` wins over a removal.
+        """
+        with self._update() as state:
+            if manifest_digest in state["references"].values():
+                raise Conflict(f"image {manifest_digest} was tagged again while being removed")
+            state["images"].pop(manifest_digest, None)
 
     def untag(self, target: str) -> str:
         """Remove the tag `target` and return the manifest digest it pointed at.
