@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mini_docker.errors import InvalidArgument, MiniDockerError
 from mini_docker.kernel import fork
@@ -22,6 +23,9 @@ from mini_docker.runtime.init import InitContext, new_namespace_flags, stage1
 from mini_docker.runtime.spec import IDMapping, Spec
 from mini_docker.runtime.state import ContainerState, StateDir, now_rfc3339, process_start_time
 from mini_docker.runtime.sync import SyncPipe
+
+if TYPE_CHECKING:
+    import socket
 
 
 class CreateError(MiniDockerError):
