@@ -228,3 +228,25 @@ def test_commit_refuses_a_bad_tag_or_change_before_storing_anything(store, snaps
     with pytest.raises(InvalidArgument, match="unknown image config key 'Bogus'"):
         commit(store, snapshots, "c1", changes={"Bogus": 1})
     assert blob_digests(store) == before and overlay_mounts_under(store.root)
+
+
+def test_upper_layer_tar_keeps_extended_attributes(tmp_path):
+    from mini_docker.image.lifecycle import upper_layer_tar
+    from mini_docker.image.unpack import unpack_layer
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    tool = upper / "ping"
+    tool.write_bytes(b"#!/bin/sh\n")
+    capability = bytes.fromhex("0000000201200000000000000000000000000000")  # cap_net_raw+ep, v2
+    os.setxattr(tool, "security.capability", capability)
+    os.setxattr(tool, "user.origin", b"committed")
+    os.setxattr(upper, "trusted.overlay.opaque", b"y")  # overlay's own: must stay behind
+    layer = io.BytesIO()
+    upper_layer_tar(upper, layer)
+    layer.seek(0)
+    dest = tmp_path / "unpacked"
+    dest.mkdir()
+    unpack_layer(layer, dest)
+    assert os.getxattr(dest / "ping", "security.capability") == capability
+    assert os.getxattr(dest / "ping", "user.origin") == b"committed"

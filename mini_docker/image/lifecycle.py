@@ -289,6 +289,8 @@ def upper_layer_tar(upper: Path, fileobj: BinaryIO) -> None:
     empty `.wh..wh..opq` inside it. Everything else is written as
     `bootstrap.rootfs_tar` writes a rootfs: name order, numeric owners,
     whole-second mtimes, hard links kept, the root itself and sockets left out.
+    Extended attributes travel as pax `SCHILY.xattr.NAME` records (file
+    capabilities among them), except overlayfs's own.
     """
     upper = Path(upper)
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -305,6 +307,7 @@ def upper_layer_tar(upper: Path, fileobj: BinaryIO) -> None:
                 continue
             info.uname = info.gname = ""
             info.mtime = int(info.mtime)
+            info.pax_headers.update(_xattr_records(path))
             if info.isreg():
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
@@ -312,6 +315,22 @@ def upper_layer_tar(upper: Path, fileobj: BinaryIO) -> None:
                 tar.addfile(info)
             if stat.S_ISDIR(st.st_mode) and _is_opaque(path):
                 tar.addfile(_marker(f"{rel}/{wh.OPAQUE}", st, stat.S_IMODE(st.st_mode)))
+
+
+def _xattr_records(path: Path) -> dict[str, str]:
+    """The entry's extended attributes as pax records; overlayfs's own stay behind."""
+    records = {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a filesystem without xattrs
+        return records
+    for name in sorted(names):
+        if name.startswith(("trusted.overlay.", "user.overlay.")):
+            continue
+        value = os.getxattr(path, name, follow_symlinks=False)
+        # tarfile writes a value that is not UTF-8 as binary (hdrcharset=BINARY)
+        records[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")
+    return records
 
 
 def _marker(name: str, st: os.stat_result, mode: int) -> tarfile.TarInfo:
