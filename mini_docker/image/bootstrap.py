@@ -241,7 +241,7 @@ def _normalise(root: Path, modes: dict[str, int]) -> None:
     explicitly (what mkdir and open leave depends on the umask). Times go
     last: adding an entry to a directory changes the directory's mtime.
     """
-    for path in [root, *_walk(root)]:
+    for path in [root, *walk_tree(root)]:
         rel = path.relative_to(root).as_posix() if path != root else ""
         if os.geteuid() == 0:  # anyone else owns what they make, and cannot give it away
             os.chown(path, 0, 0, follow_symlinks=False)
@@ -270,13 +270,13 @@ def _move_into_place(staging: Path, dest: Path) -> None:
     shutil.rmtree(old)
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def walk_tree(root: Path) -> Iterator[Path]:
     """Every entry under `root`, each directory before its contents, siblings by name."""
     for name in sorted(os.listdir(root)):
         path = root / name
         yield path
         if path.is_dir() and not path.is_symlink():
-            yield from _walk(path)
+            yield from walk_tree(path)
 
 
 class _HashingWriter:
@@ -308,7 +308,7 @@ def rootfs_tar(rootfs: Path, fileobj: BinaryIO) -> str:
     rootfs = Path(rootfs)
     out = _HashingWriter(fileobj)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for path in _walk(rootfs):
+        for path in walk_tree(rootfs):
             info = tar.gettarinfo(str(path), arcname=path.relative_to(rootfs).as_posix())
             if info is None:  # a socket: tar has no type for it
                 continue

@@ -36,10 +36,11 @@ import tarfile
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Mapping
 
 from mini_docker.errors import Conflict, InvalidArgument, NotFound
 from mini_docker.image import whiteout as wh
+from mini_docker.image.bootstrap import walk_tree
 from mini_docker.image.container import merge_env
 from mini_docker.image.oci import (OCI_CONFIG, OCI_LAYER_GZIP, Descriptor, GzipLayerReader,
                                    HistoryEntry, Manifest, canonical_json,
@@ -294,7 +295,7 @@ def upper_layer_tar(upper: Path, fileobj: BinaryIO) -> None:
     """
     upper = Path(upper)
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for path in _walk(upper):
+        for path in walk_tree(upper):
             rel = path.relative_to(upper).as_posix()
             st = os.lstat(path)
             _refuse_overlay_extras(path, st)
@@ -360,15 +361,6 @@ def _is_opaque(path: Path) -> bool:
         return os.getxattr(path, wh.OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
         return False
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Every entry under `root`, each directory before its contents, siblings by name."""
-    for name in sorted(os.listdir(root)):
-        path = root / name
-        yield path
-        if path.is_dir() and not path.is_symlink():
-            yield from _walk(path)
 
 
 def _short(digest: str) -> str:
