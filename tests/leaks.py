@@ -44,6 +44,25 @@ def _namespaced_processes() -> frozenset[int]:
     return frozenset(found)
 
 
+def _engine_processes() -> frozenset[int]:
+    """Live shims and zygotes (comm "mini-shim", "mini-zygote"), wherever re-parented."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            comm, rest = stat.partition("(")[2].rpartition(")")[::2]
+            if comm in ENGINE_COMMS and rest.split()[0] not in ("Z", "X"):
+                found.add(int(entry))
+    return frozenset(found)
+
+
+ENGINE_COMMS = ("mini-shim", "mini-zygote")
+
+
 def _links() -> frozenset[str]:
     return frozenset(name for _, name in socket.if_nameindex())
 
@@ -67,6 +86,7 @@ class HostSnapshot:
     mounts: frozenset[str] = field(default_factory=_mount_points)
     children: frozenset[int] = field(default_factory=_children)
     containers: frozenset[int] = field(default_factory=_namespaced_processes)
+    shims: frozenset[int] = field(default_factory=_engine_processes)
     links: frozenset[str] = field(default_factory=_links)
     netns: frozenset[str] = field(default_factory=_netns)
     cgroups: frozenset[str] = field(default_factory=_cgroups)
@@ -74,7 +94,7 @@ class HostSnapshot:
     def leaked_since(self, before: "HostSnapshot") -> dict[str, list]:
         """What exists now that did not exist in `before`, by kind."""
         leaks = {}
-        for kind in ("mounts", "children", "containers", "links", "netns", "cgroups"):
+        for kind in ("mounts", "children", "containers", "shims", "links", "netns", "cgroups"):
             new = sorted(getattr(self, kind) - getattr(before, kind))
             if new:
                 leaks[kind] = new
