@@ -1,0 +1,1 @@
+"""The engine: containers and their lifecycle, shims, logs, events and stats (chapter 8)."""
