@@ -120,7 +120,7 @@ class JsonFileLogger:
         """Encode `pieces` as entries and write them, one write(2) between two rotations."""
         if self._fd is None:
             raise MiniDockerError(f"log file {self.path} is closed")
-        now = _timestamp()
+        now = rfc3339_nano()
         batch: list[bytes] = []
         pending = 0
         for piece in pieces:
@@ -180,9 +180,10 @@ def _encode(piece: bytes, stream: str, now: str) -> bytes:
     return f'{{"log":{text},"stream":"{stream}","time":"{now}"}}\n'.encode()
 
 
-def _timestamp() -> str:
-    """Now as RFC3339 with nanoseconds, UTC: 2026-11-30T19:20:21.123456789Z."""
-    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+def rfc3339_nano(ns: int | None = None) -> str:
+    """A time (now by default), in ns since 1970, as RFC3339 with nanoseconds, UTC:
+    2026-11-30T19:20:21.123456789Z, as Docker stamps log entries and stats."""
+    seconds, nanos = divmod(time.time_ns() if ns is None else ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
