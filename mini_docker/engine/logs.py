@@ -32,6 +32,7 @@ and one bad line must not hide the others.
 from __future__ import annotations
 
 import calendar
+import functools
 import glob
 import json
 import os
@@ -90,8 +91,11 @@ class JsonFileLogger:
         rest = lines.pop()  # after the last newline: a line not finished yet
         pieces = []
         for line in lines:
-            pieces += _cut_long(line)
-            pieces[-1] += b"\n"
+            if len(line) < MAX_LINE:
+                pieces.append(line + b"\n")
+            else:
+                pieces += _cut_long(line)
+                pieces[-1] += b"\n"
         while len(rest) >= MAX_LINE:
             pieces.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
@@ -184,7 +188,13 @@ def rfc3339_nano(ns: int | None = None) -> str:
     """A time (now by default), in ns since 1970, as RFC3339 with nanoseconds, UTC:
     2026-11-30T19:20:21.123456789Z, as Docker stamps log entries and stats."""
     seconds, nanos = divmod(time.time_ns() if ns is None else ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    return f"{_date_and_time(seconds)}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _date_and_time(seconds: int) -> str:
+    """The whole-second part, worked out once per second however many lines arrive in it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 # --- reading -------------------------------------------------------------------------------
