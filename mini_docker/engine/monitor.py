@@ -1,0 +1,124 @@
+"""The monitor: one thread that notices when a container's shim exits.
+
+The engine is not the parent of its containers, nor of their shims (the
+shim is double-forked so that it can outlive the engine), so it cannot
+wait(2) for them. Linux gives another way to watch a process that is not
+your child: a *pidfd* (pidfd_open(2), Linux 5.3), a file descriptor that
+becomes readable when the process exits. One thread polls the pidfds of
+every running container's shim with a selector, and calls the engine back
+when one fires. The same thread keeps the restart timers of the restart
+policies: the next due restart is the selector's timeout.
+
+A pid is only a number, and numbers are reused. The pidfd is opened while
+the shim is known to be alive (it waits for its start request), so it
+always refers to that process, even if the number is given to another one
+later.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable
+
+
+class Monitor:
+    """Watches shims by pidfd and runs timers, on one thread of its own."""
+
+    def __init__(self, on_exit: Callable[[str], None], on_timer: Callable[[str], None]) -> None:
+        self._on_exit = on_exit
+        self._on_timer = on_timer
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, int]] = []  # (container id, pidfd) to add
+        self._timers: list[tuple[float, str]] = []
+        self._watched: dict[str, int] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def open(self, pid: int) -> int | None:
+        """A pidfd for `pid`, or None if it has exited already."""
+        try:
+            return os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+
+    def watch(self, container_id: str, pidfd: int) -> None:
+        """Call on_exit(container_id) once the process behind `pidfd` exits; pidfd is ours now."""
+        with self._lock:
+            self._pending.append((container_id, pidfd))
+        self._wake()
+
+    def schedule(self, container_id: str, delay: float) -> None:
+        """Call on_timer(container_id) in `delay` seconds."""
+        with self._lock:
+            heapq.heappush(self._timers, (time.monotonic() + delay, container_id))
+        self._wake()
+
+    def cancel(self, container_id: str) -> None:
+        with self._lock:
+            self._timers = [t for t in self._timers if t[1] != container_id]
+            heapq.heapify(self._timers)
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join()
+        for key in list(self._selector.get_map().values()):
+            os.close(key.fd)
+        self._selector.close()
+        for _, pidfd in self._pending:
+            os.close(pidfd)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
+        if self._thread is None and not self._stopping:
+            self._thread = threading.Thread(target=self._loop, name="mini-docker-monitor",
+                                            daemon=True)
+            self._thread.start()
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already awake
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            with self._lock:
+                for container_id, pidfd in self._pending:
+                    self._selector.register(pidfd, selectors.EVENT_READ, container_id)
+                self._pending.clear()
+                timeout = (max(0.0, self._timers[0][0] - time.monotonic())
+                           if self._timers else None)
+            for key, _ in self._selector.select(timeout):
+                if key.data is None:
+                    while True:
+                        try:
+                            os.read(self._wake_r, 512)
+                        except BlockingIOError:
+                            break
+                    continue
+                self._selector.unregister(key.fd)
+                os.close(key.fd)
+                self._call(self._on_exit, key.data)
+            now = time.monotonic()
+            while True:
+                with self._lock:
+                    if not self._timers or self._timers[0][0] > now:
+                        break
+                    _, container_id = heapq.heappop(self._timers)
+                self._call(self._on_timer, container_id)
+
+    @staticmethod
+    def _call(callback: Callable[[str], None], container_id: str) -> None:
+        try:
+            callback(container_id)
+        except Exception as err:  # the monitor must outlive one container's trouble
+            import sys
+
+            print(f"mini-docker: monitor: {container_id[:12]}: {err}", file=sys.stderr)
