@@ -1,0 +1,447 @@
+"""The engine: containers' states, every transition and every refusal, on the real kernel."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from engine_support import engine, engine_root, engine_template  # noqa: F401, F811 (fixtures)
+
+from mini_docker.engine import ContainerError, Engine, NotModified
+from mini_docker.errors import Conflict, InvalidArgument, NotFound
+
+LONG = ["sleep", "300"]
+
+
+def status(engine, ref: str) -> str:
+    return engine.inspect(ref)["State"]["Status"]
+
+
+# --- create, names, IDs ------------------------------------------------------------------
+
+
+def test_create_records_a_container_docker_inspect_would_show(engine, engine_root):
+    c = engine.containers.create("busybox", ["echo", "hi"], name="first",
+                                 environment={"A": "1"}, working_dir="/srv",
+                                 labels={"tier": "web"})
+    assert re.fullmatch(r"[0-9a-f]{64}", c.id)
+    attrs = c.attrs
+    assert attrs["Name"] == "/first" and attrs["State"]["Status"] == "created"
+    assert attrs["Path"] == "echo" and attrs["Args"] == ["hi"]
+    assert attrs["Config"]["Hostname"] == c.id[:12]
+    assert "A=1" in attrs["Config"]["Env"] and attrs["Config"]["WorkingDir"] == "/srv"
+    assert attrs["Config"]["Labels"] == {"tier": "web"}
+    assert attrs["Image"].startswith("sha256:") and attrs["Config"]["Image"] == "busybox"
+    on_disk = json.loads((engine_root / "containers" / c.id / "config.v2.json").read_text())
+    assert on_disk["Name"] == "first" and on_disk["State"]["Status"] == "created"
+    # nothing is mounted for a container that has not started
+    assert not (engine_root / "image" / "containers" / c.id / "merged").is_mount()
+    c.remove()
+    assert not (engine_root / "containers" / c.id).exists()
+    assert not (engine_root / "image" / "containers" / c.id).exists()
+
+
+def test_names_and_id_prefixes_resolve_as_dockers_do(engine):
+    a = engine.containers.create("busybox", LONG, name="alpha")
+    b = engine.containers.create("busybox", LONG)
+    assert re.fullmatch(r"[a-z]+_[a-z]+\d?", b.name)
+    assert engine.containers.get("alpha") == a
+    assert engine.containers.get("/alpha") == a
+    assert engine.containers.get(a.id[:6]) == a
+    assert engine.containers.get(b.id) == b
+    common = next((n for n in range(1, 64) if a.id[:n] != b.id[:n]), 64) - 1
+    if common:
+        with pytest.raises(InvalidArgument, match="multiple IDs found"):
+            engine.containers.get(a.id[:common])
+    with pytest.raises(NotFound, match="No such container: nosuch"):
+        engine.containers.get("nosuch")
+    a.remove()
+    b.remove()
+
+
+@pytest.mark.parametrize("bad", ["a", "-x", "has space", "sl/ash", "émile", ""])
+def test_an_invalid_name_is_refused_and_nothing_is_made(engine, engine_root, bad):
+    with pytest.raises(InvalidArgument, match="Invalid container name|an image"):
+        engine.containers.create("busybox", LONG, name=bad or "x")
+    assert engine.list(all=True) == []
+    assert list((engine_root / "containers").glob("*")) == [] if \
+        (engine_root / "containers").exists() else True
+
+
+def test_a_taken_name_is_a_conflict_and_the_first_container_is_untouched(engine):
+    first = engine.containers.create("busybox", LONG, name="web")
+    with pytest.raises(Conflict, match='The container name "/web" is already in use'):
+        engine.containers.create("busybox", LONG, name="web")
+    assert [c.id for c in engine.containers.list(all=True)] == [first.id]
+    first.remove()
+
+
+def test_an_unknown_image_and_bad_options_are_one_line_errors(engine):
+    with pytest.raises(NotFound, match="Unable to find image 'nosuch:latest' locally"):
+        engine.containers.create("nosuch")
+    with pytest.raises(InvalidArgument, match="unknown option: colour"):
+        engine.containers.create("busybox", colour="red")
+    with pytest.raises(InvalidArgument, match="invalid restart policy 'sometimes'"):
+        engine.containers.create("busybox", restart_policy={"Name": "sometimes"})
+    with pytest.raises(InvalidArgument, match="Conflicting options: --restart and --rm"):
+        engine.containers.create("busybox", restart_policy={"Name": "always"},
+                                 auto_remove=True)
+    with pytest.raises(InvalidArgument):
+        engine.containers.create("busybox", mem_limit="lots")
+    with pytest.raises(InvalidArgument, match="absolute path"):
+        engine.containers.create("busybox", working_dir="relative")
+    assert engine.list(all=True) == []
+
+
+def test_a_second_engine_on_the_same_root_is_refused(engine, engine_root):
+    with pytest.raises(Conflict, match="another engine is using"):
+        Engine(engine_root)
+
+
+# --- run, start, stop, kill ----------------------------------------------------------------
+
+
+def test_run_returns_the_output_and_remove_leaves_nothing(engine, engine_root):
+    out = engine.containers.run("busybox", ["sh", "-c", "echo out; echo err >&2"],
+                                remove=True)
+    assert out == b"out\n"
+    assert engine.list(all=True) == []
+    assert list((engine_root / "runtime").iterdir()) == []
+
+
+def test_a_failing_command_raises_container_error_with_its_stderr(engine):
+    with pytest.raises(ContainerError, match="returned non-zero exit status 3: oops") as err:
+        engine.containers.run("busybox", ["sh", "-c", "echo oops >&2; exit 3"], name="bad")
+    assert err.value.exit_status == 3
+    c = engine.containers.get("bad")
+    assert c.status == "exited" and c.attrs["State"]["ExitCode"] == 3
+    assert c.attrs["State"]["FinishedAt"] > c.attrs["State"]["StartedAt"]
+    c.remove()
+
+
+def test_a_command_that_cannot_start_leaves_the_container_created_with_the_reason(engine):
+    c = engine.containers.create("busybox", ["/no/such/program"])
+    with pytest.raises(Exception, match="no/such/program"):
+        c.start()
+    c.reload()
+    assert c.status == "created" and "no/such/program" in c.attrs["State"]["Error"]
+    c.remove()
+
+
+def test_start_stop_and_the_refusals_around_them(engine):
+    c = engine.containers.create("busybox", LONG)
+    with pytest.raises(NotModified):
+        c.stop()
+    c.start()
+    c.reload()
+    assert c.status == "running" and c.attrs["State"]["Pid"] > 0
+    with pytest.raises(NotModified, match="already running"):
+        c.start()
+    with pytest.raises(Conflict, match="You cannot remove a running container"):
+        c.remove()
+    assert status(engine, c.id) == "running"
+    begun = time.monotonic()
+    c.stop(timeout=1)  # sleep as PID 1 ignores SIGTERM: SIGKILL after the timeout
+    took = time.monotonic() - begun
+    c.reload()
+    assert c.status == "exited" and c.attrs["State"]["ExitCode"] == 137
+    assert 0.9 < took < 10
+    c.start()  # an exited container starts again, with the same writable layer
+    assert status(engine, c.id) == "running"
+    c.remove(force=True)
+
+
+def test_stop_uses_the_stop_signal_and_init_forwards_it(engine):
+    c = engine.containers.run("busybox", LONG, detach=True, init=True)
+    c.stop(timeout=20)  # the init passes SIGTERM on to sleep, which dies of it at once
+    assert engine.inspect(c.id)["State"]["ExitCode"] == 143
+    c.remove()
+    trap = ["sh", "-c", "trap 'echo got USR1; exit 7' USR1; while true; do sleep 0.1; done"]
+    c = engine.containers.run("busybox", trap, detach=True, stop_signal="SIGUSR1")
+    time.sleep(0.3)
+    c.stop(timeout=20)
+    assert engine.inspect(c.id)["State"]["ExitCode"] == 7
+    assert c.logs() == b"got USR1\n"
+    c.remove()
+
+
+def test_kill_sends_any_signal_and_refuses_a_stopped_container(engine):
+    c = engine.containers.run("busybox", LONG, detach=True)
+    c.kill("SIGKILL")
+    assert c.wait(timeout=10)["StatusCode"] == 137
+    with pytest.raises(Conflict, match="is not running"):
+        c.kill()
+    c.remove()
+
+
+def test_pause_and_unpause_freeze_the_container(engine):
+    c = engine.containers.run("busybox", ["sh", "-c", "while true; do echo x; sleep 0.05; done"],
+                              detach=True)
+    with pytest.raises(Conflict, match="is not paused"):
+        c.unpause()
+    c.pause()
+    assert status(engine, c.id) == "paused"
+    with pytest.raises(Conflict, match="already paused"):
+        c.pause()
+    with pytest.raises(Conflict, match="cannot start a paused container"):
+        c.start()
+    with pytest.raises(Conflict, match="is paused"):
+        c.exec_run("true")
+    time.sleep(0.2)
+    lines = len(c.logs().splitlines())
+    time.sleep(0.4)
+    assert len(c.logs().splitlines()) == lines  # frozen: not one more line
+    c.unpause()
+    assert status(engine, c.id) == "running"
+    time.sleep(0.4)
+    assert len(c.logs().splitlines()) > lines
+    c.stop(timeout=0)
+    c.remove()
+
+
+def test_a_paused_container_can_be_stopped_and_force_removed(engine):
+    c = engine.containers.run("busybox", LONG, detach=True)
+    c.pause()
+    c.stop(timeout=0)
+    assert status(engine, c.id) == "exited"
+    c.start()
+    c.pause()
+    c.remove(force=True)
+    assert engine.list(all=True) == []
+
+
+def test_restart_and_rename(engine):
+    c = engine.containers.run("busybox", LONG, detach=True, name="one")
+    first_pid = engine.inspect(c.id)["State"]["Pid"]
+    c.restart(timeout=0)
+    state = engine.inspect(c.id)["State"]
+    assert state["Status"] == "running" and state["Pid"] != first_pid
+    other = engine.containers.create("busybox", LONG, name="two")
+    with pytest.raises(Conflict, match='"/two" is already in use'):
+        c.rename("two")
+    with pytest.raises(InvalidArgument, match="same name"):
+        c.rename("one")
+    c.rename("three")
+    assert engine.containers.get("three") == c
+    with pytest.raises(NotFound):
+        engine.containers.get("one")
+    c.remove(force=True)
+    other.remove()
+
+
+# --- wait ---------------------------------------------------------------------------------
+
+
+def test_wait_conditions(engine):
+    import threading
+
+    c = engine.containers.create("busybox", ["sh", "-c", "sleep 0.3; exit 5"])
+    assert c.wait()["StatusCode"] == 0  # not running: at once
+    c.start()
+    assert c.wait(timeout=10) == {"StatusCode": 5, "Error": None}
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        engine.wait(c.id, "next-exit", timeout=10)))
+    waiter.start()
+    time.sleep(0.1)
+    c.start()
+    waiter.join()
+    assert result["StatusCode"] == 5
+    gone = threading.Thread(target=lambda: result.update(removed=engine.wait(c.id, "removed",
+                                                                             timeout=10)))
+    gone.start()
+    time.sleep(0.1)
+    c.remove()
+    gone.join()
+    assert "removed" in result
+    with pytest.raises(InvalidArgument, match="invalid condition"):
+        engine.wait("whatever", "sometime")
+
+
+# --- auto-remove, restart policies, prune -------------------------------------------------
+
+
+def test_auto_remove_removes_the_container_when_it_exits(engine, engine_root):
+    out = engine.containers.run("busybox", ["echo", "bye"], auto_remove=True, detach=True)
+    engine.wait(out.id, "removed", timeout=10)
+    assert engine.list(all=True) == []
+    assert not (engine_root / "image" / "containers" / out.id).exists()
+
+
+def test_on_failure_restarts_up_to_the_count_with_back_off(engine):
+    c = engine.containers.run("busybox", ["sh", "-c", "echo run; exit 1"], detach=True,
+                              restart_policy={"Name": "on-failure", "MaximumRetryCount": 2})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        attrs = engine.inspect(c.id)
+        if attrs["State"]["Status"] == "exited" and attrs["RestartCount"] == 2:
+            break
+        time.sleep(0.05)
+    assert attrs["RestartCount"] == 2 and attrs["State"]["ExitCode"] == 1
+    assert c.logs() == b"run\nrun\nrun\n"
+    time.sleep(0.5)
+    assert engine.inspect(c.id)["RestartCount"] == 2  # and no more
+    c.remove()
+
+
+def test_on_failure_leaves_a_clean_exit_alone_and_always_restarts_until_stopped(engine):
+    ok = engine.containers.run("busybox", ["true"], detach=True,
+                               restart_policy={"Name": "on-failure"})
+    assert ok.wait(timeout=10)["StatusCode"] == 0
+    time.sleep(0.3)
+    assert engine.inspect(ok.id)["RestartCount"] == 0
+    ok.remove()
+    always = engine.containers.run("busybox", ["true"], detach=True,
+                                   restart_policy={"Name": "always"})
+    deadline = time.monotonic() + 10
+    while engine.inspect(always.id)["RestartCount"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.inspect(always.id)["RestartCount"] >= 2
+    always.stop(timeout=1)
+    count = engine.inspect(always.id)["RestartCount"]
+    time.sleep(0.5)
+    attrs = engine.inspect(always.id)
+    assert attrs["State"]["Status"] == "exited" and attrs["RestartCount"] == count
+    always.remove()
+
+
+def test_prune_removes_only_stopped_containers(engine):
+    running = engine.containers.run("busybox", LONG, detach=True)
+    done = engine.containers.run("busybox", ["sh", "-c", "echo data > /file"], detach=True)
+    done.wait(timeout=10)
+    created = engine.containers.create("busybox", LONG)
+    result = engine.containers.prune()
+    assert sorted(result["ContainersDeleted"]) == sorted([done.id, created.id])
+    assert result["SpaceReclaimed"] >= 5
+    assert [c.id for c in engine.containers.list(all=True)] == [running.id]
+    running.remove(force=True)
+
+
+def test_list_filters(engine):
+    a = engine.containers.run("busybox", LONG, detach=True, name="web-1", labels={"app": "web"})
+    b = engine.containers.run("busybox", ["sh", "-c", "exit 2"], detach=True, name="job")
+    b.wait(timeout=10)
+    assert [c.name for c in engine.containers.list()] == ["web-1"]
+    assert {c.name for c in engine.containers.list(all=True)} == {"web-1", "job"}
+    assert [c.name for c in engine.containers.list(filters={"status": "exited"})] == ["job"]
+    assert [c.name for c in engine.containers.list(filters={"exited": 2})] == ["job"]
+    assert [c.name for c in engine.containers.list(all=True, filters={"label": "app=web"})] \
+        == ["web-1"]
+    assert [c.name for c in engine.containers.list(all=True, filters={"name": "web"})] \
+        == ["web-1"]
+    assert [c.name for c in engine.containers.list(all=True, limit=1)] == ["job"]
+    with pytest.raises(InvalidArgument, match="invalid filter 'colour'"):
+        engine.containers.list(filters={"colour": "red"})
+    a.remove(force=True)
+    b.remove()
+
+
+# --- inside: logs, exec, top, stats ----------------------------------------------------------
+
+
+def test_logs_keep_streams_apart_with_tail_and_timestamps(engine):
+    # two pipes are read as data arrives: lines apart in time keep their order
+    c = engine.containers.run("busybox", ["sh", "-c", "echo 1; sleep 0.1; echo 2 >&2; "
+                                          "sleep 0.1; echo 3"], detach=True)
+    c.wait(timeout=10)
+    assert c.logs() == b"1\n2\n3\n"
+    assert c.logs(stderr=False) == b"1\n3\n"
+    assert c.logs(stdout=False) == b"2\n"
+    assert c.logs(tail=1) == b"3\n"
+    stamped = c.logs(timestamps=True).decode().splitlines()
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z \d", line)
+               for line in stamped)
+    for line in (c.attrs["LogPath"] and open(c.attrs["LogPath"]).read().splitlines()):
+        assert set(json.loads(line)) == {"log", "stream", "time"}
+    c.remove()
+
+
+def test_logs_follow_until_the_container_exits(engine):
+    c = engine.containers.run("busybox", ["sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.2; "
+                                          "done"], detach=True)
+    assert list(c.logs(stream=True, follow=True)) == [b"1\n", b"2\n", b"3\n"]
+    c.remove()
+
+
+def test_exec_runs_inside_with_its_own_exit_code_env_user_and_workdir(engine):
+    c = engine.containers.run("busybox", LONG, detach=True, environment=["FROM=run"])
+    result = c.exec_run(["sh", "-c", "echo $FROM $EXTRA $(id -u) $(pwd); exit 4"],
+                        environment={"EXTRA": "x"}, user="nobody", workdir="/tmp")
+    assert result.exit_code == 4
+    assert result.output == b"run x 65534 /tmp\n"
+    out, err = c.exec_run(["sh", "-c", "echo o; echo e >&2"], demux=True).output
+    assert (out, err) == (b"o\n", b"e\n")
+    # the same namespaces as the container's init
+    host = c.exec_run("hostname").output.strip().decode()
+    assert host == c.id[:12]
+    assert c.exec_run("readlink /proc/1/exe").output.strip() == b"/bin/sleep" or \
+        c.exec_run("cat /proc/1/cmdline").output.startswith(b"sleep")
+    with pytest.raises(InvalidArgument, match="No exec command"):
+        c.exec_run([])
+    c.stop(timeout=0)
+    with pytest.raises(Conflict, match="is not running"):
+        c.exec_run("true")
+    c.remove()
+
+
+def test_top_lists_the_containers_processes(engine):
+    c = engine.containers.run("busybox", ["sh", "-c", "sleep 300 & sleep 301"], detach=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        top = c.top()
+        commands = [row[-1] for row in top["Processes"]]
+        if any("sleep 300" in cmd for cmd in commands) and any("sleep 301" in cmd
+                                                                for cmd in commands):
+            break
+        time.sleep(0.05)
+    assert top["Titles"][:2] == ["UID", "PID"]
+    assert any("sleep 300" in cmd for cmd in commands)
+    c.remove(force=True)
+    with pytest.raises(Conflict, match="is not running"):
+        engine.containers.create("busybox", name="idle").top()
+    engine.remove("idle")
+
+
+def test_stats_read_the_cgroup(engine):
+    c = engine.containers.run("busybox", LONG, detach=True, mem_limit="64m", pids_limit=20)
+    reading = c.stats(stream=False)
+    assert reading["memory_stats"]["limit"] == 64 << 20
+    assert reading["pids_stats"]["current"] >= 1
+    assert reading["name"] == "/" + c.name and reading["id"] == c.id
+    c.remove(force=True)
+
+
+def test_an_oom_kill_is_recorded_and_announced(engine):
+    events = engine.events.stream(since=time.time() - 1, filters={"event": "oom"})
+    hog = ["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"]
+    c = engine.containers.run("busybox", hog, detach=True, mem_limit="16m")
+    assert c.wait(timeout=30)["StatusCode"] == 137
+    assert engine.inspect(c.id)["State"]["OOMKilled"] is True
+    assert next(events)["Actor"]["ID"] == c.id
+    events.close()
+    c.remove()
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+def test_a_containers_life_in_events(engine):
+    since = time.time()
+    c = engine.containers.run("busybox", LONG, detach=True, name="evented")
+    c.pause()
+    c.unpause()
+    c.stop(timeout=0)
+    c.remove()
+    seen = [(e["Action"], e["Actor"]["Attributes"].get("exitCode"))
+            for e in engine.events.stream(since=since, until=time.time())]
+    assert seen == [("create", None), ("start", None), ("pause", None), ("unpause", None),
+                    ("kill", None), ("kill", None), ("die", "137"), ("stop", None),
+                    ("destroy", None)]
+    only = [e["Action"] for e in engine.events.stream(since=since, until=time.time(),
+                                                      filters={"event": ["die", "start"],
+                                                               "container": "evented"})]
+    assert only == ["start", "die"]
+    with pytest.raises(InvalidArgument, match="invalid filter"):
+        next(engine.events.stream(filters={"colour": "red"}))
