@@ -36,9 +36,11 @@ def test_create_records_a_container_docker_inspect_would_show(engine, engine_roo
     assert attrs["Image"].startswith("sha256:") and attrs["Config"]["Image"] == "busybox"
     on_disk = json.loads((engine_root / "containers" / c.id / "config.v2.json").read_text())
     assert on_disk["Name"] == "first" and on_disk["State"]["Status"] == "created"
-    # nothing is mounted for a container that has not started
-    assert not (engine_root / "image" / "containers" / c.id / "merged").is_mount()
+    # the rootfs is made (and checked) at create, and ready for the start
+    merged = engine_root / "image" / "containers" / c.id / "merged"
+    assert merged.is_mount() and (merged.parent / "config.json").is_file()
     c.remove()
+    assert not merged.is_mount()
     assert not (engine_root / "containers" / c.id).exists()
     assert not (engine_root / "image" / "containers" / c.id).exists()
 

@@ -25,6 +25,11 @@ container's record on disk (record.py) and is announced as an event
   exit status the shim left behind is recorded.
 * A failed operation leaves the state as it was: a start that fails
   leaves the container created or exited, with the reason in State.Error.
+
+This module is the lifecycle; what happens when a container ends (its exit,
+its restart policy, recovery after an engine restart) is in exits.py, and
+what reaches inside a running one (attach, logs, exec, top, stats) in
+inside.py. Engine is the three together.
 """
 
 from __future__ import annotations
@@ -32,17 +37,17 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mini_docker.engine import names
 from mini_docker.engine.config import make_config, make_spec
 from mini_docker.engine.events import EventLog
+from mini_docker.engine.exits import Exits
+from mini_docker.engine.inside import Inside
 from mini_docker.engine.monitor import Monitor
-from mini_docker.engine.record import ZERO_TIME, ContainerRecord, RecordStore, State
+from mini_docker.engine.record import ContainerRecord, RecordStore, State, now_rfc3339
 from mini_docker.errors import Conflict, InvalidArgument, MiniDockerError, NotFound
 from mini_docker.image.snapshot import Snapshotter
 from mini_docker.image.store import ImageStore
@@ -50,7 +55,6 @@ from mini_docker.image.store import ImageStore
 DEFAULT_ROOT = "/var/lib/mini-docker"
 DEFAULT_STOP_TIMEOUT = 10  # seconds between the stop signal and SIGKILL
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
-BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET = 0.1, 60.0, 10.0  # Docker's restart back-off
 
 
 class NotModified(MiniDockerError):
@@ -59,14 +63,7 @@ class NotModified(MiniDockerError):
     http_status = 304
 
 
-def now_rfc3339() -> str:
-    """UTC now with nanoseconds, as Docker writes times."""
-    ns = time.time_ns()
-    stamp = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000:09d}Z"
-
-
-class Engine:
+class Engine(Inside, Exits):
     """Containers and images under one state root, in docker-py's shape.
 
     root: the state root ($MINI_DOCKER_ROOT, /var/lib/mini-docker by default).
@@ -165,11 +162,10 @@ class Engine:
                                      / f"{container_id}-json.log")
             self._containers[container_id] = record  # holds the name while the rootfs is made
         try:
+            # mounted now, so that a bad user or working directory is refused at once;
+            # it stays mounted for the start that usually follows
             rootfs = self.snapshots.mount_rootfs(container_id, digest)
-            try:
-                self._write_spec(record, image_config, str(rootfs))
-            finally:
-                self.snapshots.unmount(container_id)
+            self._write_spec(record, image_config, str(rootfs))
             self.records.save(record)
         except BaseException:
             with self._lock:
@@ -210,8 +206,10 @@ class Engine:
         directory = self.records.directory(record.Id)
         attachment, shim, pidfd = None, None, None
         try:
-            rootfs = self.snapshots.mount_rootfs(record.Id, record.ImageRef)
-            self._write_spec(record, None, str(rootfs))
+            merged = Path(record.Bundle, "merged")
+            if not os.path.ismount(merged):  # as create left it, spec and all; else again
+                rootfs = self.snapshots.mount_rootfs(record.Id, record.ImageRef)
+                self._write_spec(record, None, str(rootfs))
             (directory / "exit.json").unlink(missing_ok=True)
             log_options = record.HostConfig["LogConfig"]["Config"]
             spec = ShimSpec(
@@ -249,21 +247,6 @@ class Engine:
         else:
             self._monitor.watch(record.Id, pidfd)
         return attachment
-
-    def attach(self, ref: str, *, stdin: bool = False, stdout: bool = True,
-               stderr: bool = True):
-        """`docker attach`: the running container's stdio from now on, as an Attachment."""
-        from mini_docker.engine.shimclient import ShimClient
-
-        with self._lock:
-            record = self.record(ref)
-            if record.State.Status != "running":
-                raise Conflict("You cannot attach to a stopped container, start it first"
-                               if not record.State.running else
-                               "You cannot attach to a paused container, unpause it first")
-            socket = self._shim_socket(record)
-        with ShimClient(socket) as client:
-            return client.attach(stdin=stdin, stdout=stdout, stderr=stderr)
 
     def stop(self, ref: str, timeout: float | None = None) -> None:
         """`docker stop`: the stop signal, then SIGKILL after `timeout` seconds."""
@@ -385,11 +368,11 @@ class Engine:
             self._destroy(record)
 
     def _destroy(self, record: ContainerRecord) -> None:
-        record.State.Status = "removing"
-        self.records.save(record)
+        # The record goes first, in one rename: a crash after it leaves only a
+        # rootfs without a record, which the next engine removes (_restore).
+        self.records.delete(record.Id)
         if self.snapshots.container_dir(record.Id).is_dir():
             self.snapshots.remove(record.Id)
-        self.records.delete(record.Id)
         del self._containers[record.Id]
         self._exits.pop(record.Id, None)
         self._backoff.pop(record.Id, None)
@@ -431,95 +414,6 @@ class Engine:
                     deleted.append(record.Id)
         return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
-    # -- inside a running container --
-
-    def logs(self, ref: str, *, stdout: bool = True, stderr: bool = True,
-             timestamps: bool = False, tail: int | str | None = None, since: Any = None,
-             until: Any = None, follow: bool = False) -> Iterator[bytes]:
-        """`docker logs`: the container's output, line by line, from its json-file log."""
-        from mini_docker.engine.logs import format_entry, parse_time, read_logs
-
-        record = self.record(ref)
-        if not record.LogPath:
-            raise InvalidArgument('configured logging driver does not support reading: "none"')
-        if tail in (None, "all"):
-            count = None
-        else:
-            try:
-                count = int(tail)
-            except (TypeError, ValueError):
-                raise InvalidArgument(f"invalid tail value {tail!r}: a number or 'all'") from None
-            count = None if count < 0 else count
-        entries = read_logs(record.LogPath, stdout=stdout, stderr=stderr,
-                            since=parse_time(since) if since else None,
-                            until=parse_time(until) if until else None, tail=count,
-                            follow=follow, is_running=lambda: self._is_running(record.Id))
-        return (format_entry(entry, timestamps) for entry in entries)
-
-    def logs_entries(self, ref: str, **options: Any):
-        """The log entries themselves (stream, time, data), for callers that keep streams apart."""
-        from mini_docker.engine.logs import read_logs
-
-        record = self.record(ref)
-        return read_logs(record.LogPath, **options)
-
-    def exec_run(self, ref: str, cmd: str | Sequence[str], *, stdout: bool = True,
-                 stderr: bool = True, stdin: bool = False, tty: bool = False,
-                 user: str = "", detach: bool = False, environment: Any = None,
-                 workdir: str | None = None, privileged: bool = False):
-        """Start `cmd` in the running container; the session streams its output and exit code."""
-        from mini_docker.engine.config import as_list
-        from mini_docker.engine.config import environment as env_list
-        from mini_docker.engine.shimclient import ShimClient
-
-        with self._lock:
-            record = self.record(ref)
-            if record.State.Status == "paused":
-                raise Conflict(f"Container {record.Id} is paused, unpause the container before "
-                               "exec")
-            if record.State.Status != "running":
-                raise Conflict(f"Container {record.Id} is not running")
-            args = as_list(cmd, "cmd")
-            if not args:
-                raise InvalidArgument("No exec command specified")
-            process = self._exec_process(record, args, user, env_list(environment), workdir,
-                                         tty, privileged)
-            socket = self._shim_socket(record)
-            self._emit(record, f"exec_create: {' '.join(args)}")
-        client = ShimClient(socket)
-        try:
-            session = client.exec(process, tty=tty, stdin=stdin, detach=detach)
-        except BaseException:
-            client.close()
-            raise
-        self._emit(record, f"exec_start: {' '.join(args)}")
-        return client, session
-
-    def top(self, ref: str, ps_args: str | None = None) -> dict[str, Any]:
-        """`docker top`: the container's processes."""
-        from mini_docker.engine.top import container_top
-
-        with self._lock:
-            record = self.record(ref)
-            if not record.State.running:
-                raise Conflict(f"Container {record.Id} is not running")
-            state = self._runtime_state(record)
-        return container_top(state, ps_args or "-ef")
-
-    def stats(self, ref: str, *, stream: bool = True) -> Iterator[dict[str, Any]]:
-        """`docker stats`: readings of the container's cgroup, once or every second."""
-        from mini_docker.engine.stats import container_stats, stats_stream
-
-        with self._lock:
-            record = self.record(ref)
-            if not record.State.running:
-                raise Conflict(f"Container {record.Id} is not running")
-            group = self._runtime_state(record).cgroup_path
-        if not stream:
-            return iter([container_stats(group, container_id=record.Id, name=record.Name)])
-        return stats_stream(group, container_id=record.Id, name=record.Name,
-                            is_running=lambda: self._is_running(record.Id))
-
     # -- the engine itself --
 
     def close(self) -> None:
@@ -555,44 +449,6 @@ class Engine:
         spec = make_spec(record.Id, image_config, record.Config, record.HostConfig, rootfs)
         Path(record.Bundle, "config.json").write_text(json.dumps(spec, indent=1) + "\n")
 
-    def _exec_process(self, record: ContainerRecord, args: list[str], user: str,
-                      env: list[str], workdir: str | None, tty: bool,
-                      privileged: bool) -> dict[str, Any]:
-        """The OCI process for an exec: the container's, with the exec's changes."""
-        import json
-
-        from mini_docker.image.container import capabilities, merge_env, resolve_user
-
-        process = json.loads(Path(record.Bundle, "config.json").read_text())["process"]
-        process["args"], process["terminal"] = args, tty
-        process["env"] = merge_env(process["env"], env)
-        if workdir:
-            if not workdir.startswith("/"):
-                raise InvalidArgument(f"the working directory '{workdir}' is invalid, it needs "
-                                      "to be an absolute path")
-            process["cwd"] = workdir
-        if user:
-            identity = resolve_user(Path(record.Bundle, "merged"), user)
-            process["user"] = {"uid": identity.uid, "gid": identity.gid,
-                               **({"additionalGids": identity.additional_gids}
-                                  if identity.additional_gids else {})}
-            process["capabilities"] = capabilities(identity.uid)
-        if privileged:
-            from mini_docker.kernel.capabilities import CAPABILITIES, last_cap
-
-            caps = [name for name, number in CAPABILITIES.items() if number <= last_cap()]
-            process["capabilities"] = {k: list(caps) for k in
-                                       ("bounding", "effective", "permitted")}
-        return process
-
-    def _shim_socket(self, record: ContainerRecord) -> str:
-        from mini_docker.engine.shim import read_shim
-
-        shim = read_shim(str(self.records.directory(record.Id)))
-        if shim is None:
-            raise Conflict(f"Container {record.Id} is not running")
-        return shim.socket
-
     def _kill_created(self, container_id: str, pidfd: int | None) -> None:
         """Undo a spawn: kill the created container and wait for its shim to go."""
         import select
@@ -606,14 +462,6 @@ class Engine:
         if pidfd is not None:
             select.select([pidfd], [], [], 10)
             os.close(pidfd)
-
-    def _runtime_state(self, record: ContainerRecord):
-        from mini_docker.runtime.state import StateDir
-
-        try:
-            return StateDir(self.runtime_root).load(record.Id)
-        except NotFound:
-            raise Conflict(f"Container {record.Id} is not running") from None
 
     def _runtime_call(self, verb: str, record: ContainerRecord) -> None:
         from mini_docker import runtime
@@ -641,111 +489,6 @@ class Engine:
                       **record.Config.get("Labels", {}), **extra}
         self.events.emit("container", action, record.Id, **attributes)
 
-    # -- exits, restarts and recovery --
-
-    def _shim_exited(self, container_id: str) -> None:
-        """The shim is gone: record how the container ended, then apply its policies."""
-        from mini_docker.engine.shim import read_exit
-
-        with self._lock:
-            record = self._containers.get(container_id)
-            if record is None or record.State.Status not in ("running", "paused"):
-                return
-            ended = read_exit(str(self.records.directory(container_id)))
-            state = record.State
-            if ended is None:  # the shim died without a word (killed): the container with it
-                from mini_docker import runtime
-
-                try:
-                    runtime.delete(container_id, force=True, root=self.runtime_root)
-                except MiniDockerError:
-                    pass
-                state.ExitCode, state.OOMKilled = 255, False
-                state.FinishedAt, state.Error = now_rfc3339(), "the container's shim died"
-            else:
-                state.ExitCode, state.OOMKilled = ended.exit_code, ended.oom_killed
-                state.FinishedAt, state.Error = ended.finished_at, ended.error or ""
-            state.Status, state.Pid = "exited", 0
-            try:
-                self.snapshots.unmount(container_id)
-            except MiniDockerError:
-                pass
-            if state.OOMKilled:
-                self._emit(record, "oom")
-            self._emit(record, "die", exitCode=str(state.ExitCode))
-            self._exits[container_id] = self._exits.get(container_id, 0) + 1
-            if record.HostConfig.get("AutoRemove"):
-                self._destroy(record)
-                return
-            delay = self._restart_delay(record)
-            if delay is not None:
-                state.Status = "restarting"
-                self._monitor.schedule(container_id, delay)
-            self.records.save(record)
-            self._changed.notify_all()
-
-    def _restart_delay(self, record: ContainerRecord) -> float | None:
-        """Seconds until the restart policy restarts the container, or None for no restart.
-
-        Docker's back-off: 100 ms, doubled at each restart, at most a minute,
-        back to 100 ms once a run has lasted 10 seconds.
-        """
-        policy = record.HostConfig["RestartPolicy"]
-        name, state = policy["Name"], record.State
-        if record.ManuallyStopped or name == "no":
-            return None
-        if name == "on-failure":
-            limit = policy["MaximumRetryCount"]
-            if state.ExitCode == 0 or (limit and record.RestartCount >= limit):
-                return None
-        ran = _seconds_between(state.StartedAt, state.FinishedAt)
-        delay = self._backoff.get(record.Id, 0.0)
-        delay = BACKOFF_START if not delay or ran >= BACKOFF_RESET else min(delay * 2,
-                                                                             BACKOFF_MAX)
-        self._backoff[record.Id] = delay
-        return delay
-
-    def _restart_due(self, container_id: str) -> None:
-        with self._lock:
-            record = self._containers.get(container_id)
-            if record is None or record.State.Status != "restarting":
-                return
-            record.RestartCount += 1
-            try:
-                self._start(record)
-            except MiniDockerError:
-                pass  # the reason is in State.Error; the container stays exited
-
-    def _restore(self) -> None:
-        """Find the containers of an earlier engine: records, shims, exit statuses."""
-        from mini_docker.engine.shim import read_shim
-
-        self.records.clear_leftovers()
-        restart = []
-        for record in self.records.load_all():
-            self._containers[record.Id] = record
-            if record.State.Status == "removing":
-                self._destroy(record)
-                continue
-            if record.State.Status not in ("running", "paused", "restarting"):
-                continue
-            shim = read_shim(str(self.records.directory(record.Id)))
-            pidfd = self._monitor.open(shim.pid) if shim is not None else None
-            if pidfd is not None:
-                self._monitor.watch(record.Id, pidfd)
-                continue
-            if record.State.Status == "restarting":
-                record.State.Status = "exited"
-                restart.append(record)
-                continue
-            self._shim_exited(record.Id)
-        for record in restart:  # interrupted back-offs: due now
-            if self._restart_delay(record) is not None:
-                record.State.Status = "restarting"
-                self._monitor.schedule(record.Id, 0)
-            self.records.save(record)
-
-
 def _lock_root(root: Path) -> int:
     """An exclusive lock on the state root for this engine's life; the kernel drops it at exit."""
     fd = os.open(root / "engine.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -764,18 +507,6 @@ def _size(text: str | None) -> int | None:
     from mini_docker.engine.logs import parse_size
 
     return parse_size(text)
-
-
-def _seconds_between(start: str, end: str) -> float:
-    if ZERO_TIME in (start, end):
-        return 0.0
-    return _epoch(end) - _epoch(start)
-
-
-def _epoch(stamp: str) -> float:
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
-    seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return seconds.timestamp() + float(f"0.{fraction or 0}")
 
 
 def _tree_size(top: Path) -> int:

@@ -22,14 +22,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 RECORD = "config.v2.json"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time: how Docker says "never"
 STATUSES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
+
+
+def now_rfc3339() -> str:
+    """UTC now with nanoseconds, as Docker writes times."""
+    ns = time.time_ns()
+    stamp = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000:09d}Z"
 
 
 @dataclass
