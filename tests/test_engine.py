@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 from engine_support import engine, engine_root, engine_template  # noqa: F401, F811 (fixtures)
@@ -447,3 +448,67 @@ def test_a_containers_life_in_events(engine):
     assert only == ["start", "die"]
     with pytest.raises(InvalidArgument, match="invalid filter"):
         next(engine.events.stream(filters={"colour": "red"}))
+
+
+def test_always_starts_with_the_engine_even_after_a_stop_and_unless_stopped_does_not(
+        engine, engine_root):
+    always = engine.containers.run("busybox", LONG, detach=True, name="always",
+                                   restart_policy={"Name": "always"})
+    unless = engine.containers.run("busybox", LONG, detach=True, name="unless",
+                                   restart_policy={"Name": "unless-stopped"})
+    never = engine.containers.create("busybox", LONG, name="never",
+                                     restart_policy={"Name": "always"})
+    always.stop(timeout=0)
+    unless.stop(timeout=0)
+    engine.close()
+    with Engine(engine_root) as again:
+        deadline = time.monotonic() + 10
+        while again.inspect("always")["State"]["Status"] != "running" and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert again.inspect("always")["State"]["Status"] == "running"
+        assert again.inspect("unless")["State"]["Status"] == "exited"
+        assert again.inspect("never")["State"]["Status"] == "created"
+        for name in ("always", "unless", "never"):
+            again.remove(name, force=True)
+    engine.__init__(engine_root)  # for the fixture's clean-up
+
+
+def test_logs_rotate_and_read_across_the_files(engine):
+    c = engine.containers.run(
+        "busybox", ["sh", "-c", "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done"],
+        detach=True, log_config={"Type": "json-file",
+                                 "Config": {"max-size": "2k", "max-file": "3"}})
+    c.wait(timeout=10)
+    log = c.attrs["LogPath"]
+    files = sorted(p.name for p in Path(log).parent.glob(Path(log).name + "*"))
+    assert files == [Path(log).name, Path(log).name + ".1", Path(log).name + ".2"]
+    assert all(Path(log).parent.joinpath(f).stat().st_size <= 2048 + 200 for f in files)
+    numbers = [int(line.split()[1]) for line in c.logs().decode().splitlines()]
+    assert numbers == list(range(numbers[0], 301)) and numbers[0] > 1  # the oldest rotated away
+    c.remove()
+    assert not list(Path(log).parent.glob("*"))
+
+
+def test_logs_since_and_until(engine):
+    c = engine.containers.run("busybox", ["sh", "-c", "echo early; sleep 0.5; echo late"],
+                              detach=True)
+    c.wait(timeout=10)
+    stamps = [line.split(b" ")[0].decode() for line in c.logs(timestamps=True).splitlines()]
+    from mini_docker.engine.logs import parse_timestamp
+
+    middle = (parse_timestamp(stamps[0]) + parse_timestamp(stamps[1])) / 2
+    assert c.logs(since=middle) == b"late\n"
+    assert c.logs(until=middle) == b"early\n"
+    assert c.logs(since=stamps[1]) == b"late\n"
+    with pytest.raises(InvalidArgument):
+        c.logs(since="yesterday-ish")
+    c.remove()
+
+
+def test_exec_with_a_tty(engine):
+    c = engine.containers.run("busybox", LONG, detach=True)
+    result = c.exec_run("tty", tty=True)
+    assert result.exit_code == 0 and re.fullmatch(rb"/dev/pts/\d+\r\n", result.output)
+    assert c.exec_run("tty").output == b"not a tty\n"
+    c.remove(force=True)

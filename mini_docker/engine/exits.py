@@ -100,6 +100,7 @@ class Exits:
             if record is None or record.State.Status != "restarting":
                 return
             record.RestartCount += 1
+            record.ManuallyStopped = False
             try:
                 self._start(record)
             except MiniDockerError:
@@ -113,6 +114,9 @@ class Exits:
         restart = []
         for record in self.records.load_all():
             self._containers[record.Id] = record
+            if record.State.Status in ("exited", "created") and _restarts_with_engine(record):
+                restart.append(record)
+                continue
             if record.State.Status not in ("running", "paused", "restarting"):
                 continue
             shim = read_shim(str(self.records.directory(record.Id)))
@@ -126,8 +130,9 @@ class Exits:
                 continue
             self._shim_exited(record.Id)
         self._remove_orphan_rootfs()
-        for record in restart:  # interrupted back-offs: due now
-            if self._restart_delay(record) is not None:
+        for record in restart:  # interrupted back-offs, and policies that start with the engine
+            if record.State.Status == "exited" and _restarts_with_engine(record) or \
+                    self._restart_delay(record) is not None:
                 record.State.Status = "restarting"
                 self._monitor.schedule(record.Id, 0)
             self.records.save(record)
@@ -140,6 +145,26 @@ class Exits:
             if names.ID_PATTERN.fullmatch(entry.name) and entry.name not in self._containers:
                 self.snapshots.remove(entry.name)
 
+
+
+def _restarts_with_engine(record: ContainerRecord) -> bool:
+    """Whether a stopped container starts again when the engine starts, as dockerd decides.
+
+    always: yes, even one stopped by hand (that is how it differs from
+    unless-stopped); unless-stopped: unless stopped by hand; on-failure: if
+    it failed and has retries left. A container never started stays so.
+    """
+    policy, state = record.HostConfig["RestartPolicy"], record.State
+    if state.StartedAt == ZERO_TIME:
+        return False
+    if policy["Name"] == "always":
+        return True
+    if policy["Name"] == "unless-stopped":
+        return not record.ManuallyStopped
+    if policy["Name"] == "on-failure":
+        limit = policy["MaximumRetryCount"]
+        return state.ExitCode != 0 and (not limit or record.RestartCount < limit)
+    return False
 
 
 def _seconds_between(start: str, end: str) -> float:
