@@ -85,6 +85,45 @@ def mount_layers(lower_dirs: list[Path], upper: Path, work: Path, merged: Path) 
     kernel.mount("overlay", merged, "overlay", 0,
                  f"lowerdir={lowers},upperdir={upper},workdir={work}")
 """),
+    "an ID prefix tried before the name": ("05-containers", "resolve", """
+def resolve(ref: str, names: dict[str, str], ids: list[str]) -> str:
+    ids = list(ids)
+    if re.fullmatch(r"[0-9a-f]{64}", ref or "") and ref in ids:
+        return ref
+    if re.fullmatch(r"[0-9a-f]+", ref or ""):
+        matches = [i for i in ids if i.startswith(ref)]
+        if len(matches) > 1:
+            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
+        if matches:
+            return matches[0]
+    bare = (ref or "").removeprefix("/")
+    if bare in names:
+        return names[bare]
+    raise NotFound(f"No such container: {ref}")
+"""),
+    "on-failure:N allows one restart too many": ("05-containers", "should_restart", """
+def should_restart(policy: str, exit_code: int, restarts: int, stopped_by_user: bool) -> bool:
+    name, _, count = policy.partition(":")
+    if stopped_by_user or name == "no":
+        return False
+    if name == "on-failure":
+        limit = int(count or 0)
+        return exit_code != 0 and (limit == 0 or restarts <= limit)
+    return name in ("always", "unless-stopped")
+"""),
+    "the restart back-off never resets": ("05-containers", "backoff", """
+def backoff(previous: float, ran: float) -> float:
+    if not previous:
+        return 0.1
+    return min(previous * 2, 60.0)
+"""),
+    "detach keys split between two reads are missed": ("05-containers", "watch_for", """
+def watch_for(data: bytes, keys: bytes) -> tuple[bytes, bytes, bool]:
+    at = data.find(keys)
+    if at >= 0:
+        return data[:at], b"", True
+    return data, b"", False
+"""),
 }
 
 
