@@ -61,13 +61,10 @@ def wait_for_exit(state_dir: str, timeout: float = 10):
     return status
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def zygote():
+    """One per test: its spare shim changes with every spawn, and is dismissed at close."""
     z = Zygote()
-    deadline = time.monotonic() + 10
-    while comm(z.pid) != "mini-zygote":  # named before the first test's leak snapshot
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
     yield z
     z.close()
 
@@ -78,6 +75,7 @@ class Containers:
     def __init__(self, zygote: Zygote, tmp_path: Path, rootfs: Path, runtime_root: Path) -> None:
         self.zygote, self.tmp, self.rootfs, self.root = zygote, tmp_path, rootfs, runtime_root
         self.specs: list[ShimSpec] = []
+        self.shims: list[int] = []
 
     def spec(self, *args: str, name: str = "c", resources: dict | None = None,
              process: dict | None = None, **fields) -> ShimSpec:
@@ -96,7 +94,12 @@ class Containers:
 
     def spawn(self, *args: str, **kw) -> tuple[ShimSpec, ShimProcess]:
         spec = self.spec(*args, **kw)
-        return spec, self.zygote.spawn(spec)
+        return spec, self.spawn_spec(spec)
+
+    def spawn_spec(self, spec: ShimSpec) -> ShimProcess:
+        shim = self.zygote.spawn(spec)
+        self.shims.append(shim.pid)
+        return shim
 
     def run(self, *args: str, **kw) -> tuple[ShimSpec, ShimProcess]:
         spec, shim = self.spawn(*args, **kw)
@@ -105,15 +108,16 @@ class Containers:
         return spec, shim
 
     def cleanup(self) -> None:
+        """Kill what still runs; wait for every shim to be gone (it may still be exiting)."""
         for spec in self.specs:
-            shim = read_shim(spec.state_dir)
-            if shim is None:
-                continue
             try:
                 runtime.kill(spec.container_id, "KILL", root=spec.runtime_root)
             except MiniDockerError:
                 pass
-            wait_gone(shim.pid)
+            if (shim := read_shim(spec.state_dir)) is not None:
+                self.shims.append(shim.pid)
+        for pid in self.shims:
+            wait_gone(pid)
 
 
 @pytest.fixture
@@ -185,7 +189,7 @@ def test_the_oom_killer_is_reported(containers):
 def test_the_id_can_be_used_again_once_exit_json_is_there(containers):
     spec, _shim = containers.run("true")
     wait_for_exit(spec.state_dir)
-    again = containers.zygote.spawn(spec)
+    again = containers.spawn_spec(spec)
     with ShimClient(again.socket) as client:
         attachment = client.attach()
         client.start()
@@ -197,7 +201,7 @@ def test_the_id_can_be_used_again_once_exit_json_is_there(containers):
 def test_a_container_that_cannot_be_created_leaves_nothing(containers):
     spec = containers.spec("/no/such/program")
     with pytest.raises(MiniDockerError, match="/no/such/program") as raised:
-        containers.zygote.spawn(spec)
+        containers.spawn_spec(spec)
     assert "\n" not in str(raised.value)
     assert os.listdir(spec.runtime_root) == []
     assert not os.path.exists(os.path.join(spec.state_dir, "shim.json"))
@@ -209,7 +213,7 @@ def test_a_taken_id_is_a_conflict(containers):
     other = containers.spec("true", name="c2")
     other.container_id = spec.container_id
     with pytest.raises(Conflict):
-        containers.zygote.spawn(other)
+        containers.spawn_spec(other)
 
 
 def test_the_shim_survives_the_engine(containers):

@@ -159,6 +159,42 @@ def name_process(name: str) -> None:
     prctl(C.PR_SET_NAME, ctypes.addressof(buffer))
 
 
+def warm_up() -> None:
+    """Run, to no effect, the code a new shim runs first (a spare shim does, in zygote.py).
+
+    A forked process shares its parent's memory until it writes to a page,
+    and the first write to each page copies it: a page fault of a few
+    microseconds. Python writes to every object it touches (its reference
+    count), so a brand-new shim pays for a thousand such faults in its first
+    milliseconds. Paid in advance, while a spare waits for work, they are off
+    the path of `docker start`.
+    """
+    import pwd
+
+    from mini_docker.runtime import cgroup
+    from mini_docker.runtime.sync import SyncPipe
+
+    config = oci.parse(oci.default_spec(["sh"], terminal=False))
+    cgroup.resources(config)
+    cgroup.open_group(cgroup.group_path(config, "warm-up")).exists()
+    state = ContainerState(id="warm-up", bundle="/", rootfs="/", pid=os.getpid(),
+                           start_time=process_start_time(os.getpid()) or 0, created=now_rfc3339())
+    json.loads(json.dumps(asdict(state)))
+    StateDir("/nonexistent").path(state.id)
+    process_state_letter(os.getpid())
+    pwd.getpwuid(os.geteuid())
+    socket_name("/nonexistent", state.id)
+    FrameReader().feed(control_frame(error_message(Conflict("warm-up"))) + frame(1, b""))
+    sync = SyncPipe.open()
+    sync.parent_side()
+    sync.close_parent()
+    sync.child_side()
+    with selectors.DefaultSelector():
+        pair = socket.socketpair()
+    for sock in pair:
+        sock.close()
+
+
 def main(spec: ShimSpec, ready: int) -> NoReturn:
     """The shim process, from its fork to its exit; reports on `ready`, one JSON line each:
     {"pid": n} at once, then {"init_pid": n, "socket": name} or {"error": ..., "kind": ...}."""

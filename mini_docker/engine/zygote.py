@@ -32,12 +32,19 @@ leaves the shim a member of that session but not its leader, and only a
 session leader can acquire a controlling terminal by opening one (a shim
 opens terminals: its containers' pty masters).
 
+Forking is cheap, but not free: the two forks, and the copy-on-write page
+faults of a process that has just been forked (see shim.warm_up), cost a
+few milliseconds. So the zygote keeps one shim forked in advance, a
+*spare*, that has warmed up and waits for work. A request goes to the spare,
+and the zygote forks the next spare while the shim creates its container.
+
 The engine sends a request as one datagram on a SOCK_SEQPACKET socket pair:
 the ShimSpec as JSON, with the write end of a pipe attached as SCM_RIGHTS
 ancillary data (the way one process hands an open file to another). The
-shim reports on that pipe straight to the engine, and the zygote waits for
-no shim, so spawns can overlap. When the engine closes its end, or dies, the
-zygote reads EOF and exits.
+zygote passes both on to the spare the same way. The shim reports on that
+pipe straight to the engine, and the zygote waits for no shim, so spawns can
+overlap. When the engine closes its end, or dies, the zygote reads EOF,
+dismisses its spare and exits.
 """
 
 from __future__ import annotations
@@ -47,8 +54,9 @@ import os
 import select
 import socket
 import sys
+from contextlib import suppress
 from dataclasses import asdict
-from typing import Self
+from typing import NoReturn, Self
 
 from mini_docker.engine.shim import ShimProcess, ShimSpec
 from mini_docker.engine.shimclient import raise_error
@@ -80,7 +88,7 @@ class Zygote:
         with theirs:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "mini_docker.engine.zygote", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 cwd="/",  # shims inherit it: they must not keep a directory busy
                 env=env, start_new_session=True)
         self._control = ours
@@ -98,6 +106,7 @@ class Zygote:
                     raise MiniDockerError("the zygote is closed")
                 if self._process.poll() is not None:  # killed: start another
                     self._control.close()
+                    self._process.stdout.close()
                     self._start()
                 try:
                     socket.send_fds(self._control, [json.dumps(asdict(spec)).encode()], [write_end])
@@ -118,6 +127,8 @@ class Zygote:
             if b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 message = json.loads(line)
+                if "error" in message and pid is not None:
+                    _wait_gone(pid)  # it has cleaned up and is exiting: let it finish
                 raise_error(message)
                 if "socket" in message:
                     return ShimProcess(pid, message["init_pid"], message["socket"])
@@ -144,10 +155,13 @@ class Zygote:
             self._control.close()
             self._control = None
         try:
-            self._process.wait(timeout=5)
+            out, _ = self._process.communicate(timeout=5)
         except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.wait()
+            out, _ = self._process.communicate()
+        for pid in out.split():  # its last spare, a zombie child of ours if we are a subreaper
+            with suppress(ChildProcessError):
+                os.waitpid(int(pid), os.WNOHANG)
 
     def __enter__(self) -> Self:
         return self
@@ -162,43 +176,99 @@ def _alive(pid: int) -> bool:
     return process_state_letter(pid) not in (None, "Z", "X")
 
 
+def _wait_gone(pid: int, timeout: float = 5) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 # -- the zygote process --
 
 def serve(control: socket.socket) -> None:
-    """Fork a shim per request, until the engine's end of `control` closes."""
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
-        except ConnectionResetError:
-            return
-        if not message and not fds:
-            return  # EOF: the engine has gone
-        for fd in fds:
-            os.set_inheritable(fd, False)
-        if not fds:
-            continue  # nowhere to report to
-        try:
-            spec = ShimSpec(**json.loads(message))
-            _fork_shim(spec, fds[0], control)
-        except Exception as err:  # noqa: BLE001  (a bad request: say so on its pipe, serve the next)
-            os.write(fds[0], json.dumps({"error": f"zygote: {err}"}).encode() + b"\n")
-        finally:
-            os.close(fds[0])
+    """Hand each request to the spare shim and fork the next, until `control` reads EOF."""
+    spare = _Spare(control)
+    try:
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
+            except ConnectionResetError:
+                return
+            if not message and not fds:
+                return  # EOF: the engine has gone
+            if not fds:
+                continue  # nowhere to report to
+            try:
+                ShimSpec(**json.loads(message))  # a bad request must not use up the spare
+                try:
+                    spare.hand_over(message, fds[0])
+                except OSError:  # the spare was killed: another, at once
+                    spare.dismiss()
+                    spare = _Spare(control)
+                    spare.hand_over(message, fds[0])
+            except Exception as err:  # noqa: BLE001  (say so on its pipe, serve the next)
+                os.write(fds[0], json.dumps({"error": f"zygote: {err}"}).encode() + b"\n")
+                continue
+            finally:
+                os.close(fds[0])
+            spare = _Spare(control)
+    finally:
+        spare.dismiss()
+        with suppress(OSError):  # for an engine that is a subreaper: the spare was its child
+            os.write(1, b"%d\n" % spare.pid)
 
 
-def _fork_shim(spec: ShimSpec, ready: int, control: socket.socket) -> None:
-    from mini_docker.engine import shim
+class _Spare:
+    """A shim forked in advance (twice, see above), warmed up, waiting for its ShimSpec."""
 
-    intermediate = os.fork()
-    if intermediate == 0:
-        try:
-            control.close()
-            os.setsid()
-            if os.fork() == 0:
-                shim.main(spec, ready)  # never returns
-        finally:
-            os._exit(0)
-    os.waitpid(intermediate, 0)
+    def __init__(self, control: socket.socket) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid_r, pid_w = os.pipe()
+        intermediate = os.fork()
+        if intermediate == 0:
+            try:
+                control.close()  # the engine's requests are the zygote's alone
+                self.sock.close()
+                os.setsid()
+                pid = os.fork()
+                if pid == 0:
+                    _wait_for_work(theirs)  # never returns
+                os.write(pid_w, b"%d" % pid)
+            finally:
+                os._exit(0)
+        theirs.close()
+        os.close(pid_w)
+        os.waitpid(intermediate, 0)
+        self.pid = int(os.read(pid_r, 32) or 0)
+        os.close(pid_r)
+
+    def hand_over(self, message: bytes, ready: int) -> None:
+        socket.send_fds(self.sock, [message], [ready])
+        self.sock.close()
+
+    def dismiss(self) -> None:
+        """Close its socket (it reads EOF and exits); wait until it has."""
+        self.sock.close()
+        _wait_gone(self.pid, timeout=2)
+
+
+def _wait_for_work(sock: socket.socket) -> NoReturn:
+    """The spare: warm up, wait for a ShimSpec and a pipe to report on, become the shim."""
+    status = 1
+    try:
+        from mini_docker.engine import shim
+
+        with suppress(Exception):  # only ever a matter of speed
+            shim.warm_up()
+        message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 1)
+        if message and fds:
+            sock.close()
+            os.set_inheritable(fds[0], False)
+            shim.main(ShimSpec(**json.loads(message)), fds[0])  # never returns
+        status = 0  # dismissed
+    finally:
+        os._exit(status)
 
 
 def main(argv: list[str]) -> None:
