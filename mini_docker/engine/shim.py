@@ -176,7 +176,7 @@ def warm_up() -> None:
     state = ContainerState(id="warm-up", bundle="/", rootfs="/", pid=os.getpid(),
                            start_time=process_start_time(os.getpid()) or 0, created=now_rfc3339())
     json.loads(json.dumps(asdict(state)))
-    StateDir("/nonexistent").path(state.id)
+    StateDir("/nonexistent").status(state)  # what runtime.start asks first
     process_state_letter(os.getpid())
     pwd.getpwuid(os.geteuid())
     socket_name("/nonexistent", state.id)

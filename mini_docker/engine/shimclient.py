@@ -121,8 +121,12 @@ class _Connection:
 
     def request(self, request: dict) -> dict:
         """Send a request line; return the shim's answer, or raise its error."""
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
-        answer = self.next_control()
+        try:
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = self.next_control()
+        except TimeoutError:
+            raise MiniDockerError(f"the shim did not answer a {request['type']} request "
+                                  f"within {self.sock.gettimeout()} s") from None
         raise_error(answer)
         return answer
 
