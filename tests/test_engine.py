@@ -409,8 +409,14 @@ def test_top_lists_the_containers_processes(engine):
 
 def test_stats_read_the_cgroup(engine):
     c = engine.containers.run("busybox", LONG, detach=True, mem_limit="64m", pids_limit=20)
-    reading = c.stats(stream=False)
+    reading = c.stats(stream=False, one_shot=True)
     assert reading["memory_stats"]["limit"] == 64 << 20
+    assert reading["precpu_stats"]["cpu_usage"]["total_usage"] == 0
+    two = c.stats(stream=False)  # two readings a second apart: a CPU percentage
+    assert two["precpu_stats"]["system_cpu_usage"] < two["cpu_stats"]["system_cpu_usage"]
+    from mini_docker.engine.stats import cpu_percent
+
+    assert 0 <= cpu_percent(two) < 5  # sleep uses next to nothing
     assert reading["pids_stats"]["current"] >= 1
     assert reading["name"] == "/" + c.name and reading["id"] == c.id
     c.remove(force=True)

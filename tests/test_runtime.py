@@ -39,6 +39,13 @@ def test_run_prints_and_exits_with_the_process_status(runtime_root, bundle):
     assert (result.stdout, result.stderr, result.returncode) == ("out\n", "err\n", 3)
 
 
+def test_no_signal_is_ignored_in_the_container(runtime_root, bundle):
+    # Python ignores SIGPIPE and SIGXFSZ; the container's program must not inherit that
+    result = run(runtime_root, bundle("sh", "-c", "grep SigIgn /proc/self/status; yes | head -1"))
+    assert result.stdout == "SigIgn:\t0000000000000000\ny\n"
+    assert result.returncode == 0
+
+
 def test_killed_by_a_signal_is_128_plus_the_signal(runtime_root, bundle):
     import subprocess
     import sys

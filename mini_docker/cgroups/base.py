@@ -241,19 +241,32 @@ class Cgroup(ABC):
         self._made = []
 
     def _make_dirs(self, root: str) -> list[str]:
-        """mkdir root/path one level at a time; return the directories made, parents first."""
-        made = []
-        current = root
-        for part in self.path.split("/"):
-            current = f"{current}/{part}"
-            try:
-                os.mkdir(current)
-            except FileExistsError:
-                continue
-            except OSError as err:
-                raise CgroupError(f"cannot create cgroup {current}: {err.strerror}") from None
-            made.append(current)
-            self._made.append(current)
+        """mkdir root/path one level at a time; return the directories made, parents first.
+
+        Another container's clean-up may remove a shared parent ("mini-docker/")
+        that it found empty, just after we saw it there: the next mkdir then
+        fails with ENOENT, and the walk starts again from the top.
+        """
+        made: list[str] = []
+        for attempt in range(5):
+            current = root
+            for part in self.path.split("/"):
+                current = f"{current}/{part}"
+                try:
+                    os.mkdir(current)
+                except FileExistsError:
+                    continue
+                except FileNotFoundError:
+                    if attempt < 4:
+                        break  # a parent vanished under us: again from the top
+                    raise CgroupError(f"cannot create cgroup {current}: its parent keeps "
+                                      "disappearing") from None
+                except OSError as err:
+                    raise CgroupError(f"cannot create cgroup {current}: {err.strerror}") from None
+                made.append(current)
+                self._made.append(current)
+            else:
+                return made
         return made
 
     def _kill_until_empty(self, timeout: float = 5.0) -> None:

@@ -14,6 +14,7 @@ They are a mixin of Engine, written against its lock, records and helpers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,14 @@ class Inside:
             state = self._runtime_state(record)
         return container_top(state, ps_args or "-ef")
 
-    def stats(self, ref: str, *, stream: bool = True) -> Iterator[dict[str, Any]]:
-        """`docker stats`: readings of the container's cgroup, once or every second."""
+    def stats(self, ref: str, *, stream: bool = True, one_shot: bool = False,
+              interval: float = 1.0) -> Iterator[dict[str, Any]]:
+        """`docker stats`: readings of the container's cgroup, every `interval` seconds.
+
+        stream=False gives one reading; like dockerd, it is the second of two
+        taken `interval` apart, so that it has a CPU percentage, unless
+        one_shot asks for a single quick reading (with no precpu_stats).
+        """
         from mini_docker.engine.stats import container_stats, stats_stream
 
         with self._lock:
@@ -122,9 +129,14 @@ class Inside:
             if not record.State.running:
                 raise Conflict(f"Container {record.Id} is not running")
             group = self._runtime_state(record).cgroup_path
-        if not stream:
+        if not stream and one_shot:
             return iter([container_stats(group, container_id=record.Id, name=record.Name)])
-        return stats_stream(group, container_id=record.Id, name=record.Name,
+        if not stream:
+            first = container_stats(group, container_id=record.Id, name=record.Name)
+            time.sleep(interval)
+            return iter([container_stats(group, container_id=record.Id, name=record.Name,
+                                         previous=first)])
+        return stats_stream(group, container_id=record.Id, name=record.Name, interval=interval,
                             is_running=lambda: self._is_running(record.Id))
 
     def _exec_process(self, record: ContainerRecord, args: list[str], user: str,

@@ -182,10 +182,13 @@ class Container:
 
     def stats(self, decode: bool | None = None, stream: bool = True,
               one_shot: bool | None = None) -> Any:
-        """One reading (stream=False) or an iterator of readings, one a second."""
+        """One reading (stream=False) or an iterator of readings, one a second.
+
+        one_shot with stream=False: a single quick reading, without a CPU percentage.
+        """
         import json
 
-        readings = self._engine.stats(self.id, stream=stream)
+        readings = self._engine.stats(self.id, stream=stream, one_shot=bool(one_shot))
         if not stream:
             reading = next(iter(readings))
             return reading if decode is not False else json.dumps(reading).encode()

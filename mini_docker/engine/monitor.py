@@ -104,6 +104,7 @@ class Monitor:
                             break
                     continue
                 self._selector.unregister(key.fd)
+                _reap(key.fd)
                 os.close(key.fd)
                 self._call(self._on_exit, key.data)
             now = time.monotonic()
@@ -122,3 +123,17 @@ class Monitor:
             import sys
 
             print(f"mini-docker: monitor: {container_id[:12]}: {err}", file=sys.stderr)
+
+
+def _reap(pidfd: int) -> None:
+    """Reap the exited shim if it is our child.
+
+    It is not, usually: the zygote's double fork gave it to the host's init.
+    But if this process is a child subreaper (PR_SET_CHILD_SUBREAPER, as
+    `mini-runc run` makes its caller), orphans come to us, and an exited
+    one stays a zombie until we wait for it.
+    """
+    try:
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        pass

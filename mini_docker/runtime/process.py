@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 
 from mini_docker.errors import InvalidArgument
 from mini_docker.kernel import capabilities as caps
@@ -139,4 +140,17 @@ def exec_process(process: Process, preserve_fds: int = 0, executable: str | None
         prctl(C.PR_SET_NO_NEW_PRIVS, 1)
     enter_cwd(process.cwd)
     close_inherited_fds(preserve_fds, keep)
+    restore_signals()
     os.execve(path, process.args, env)
+
+
+def restore_signals() -> None:
+    """Give the program the default actions Python changed.
+
+    An ignored signal stays ignored across execve(2), and Python ignores
+    SIGPIPE and SIGXFSZ (it wants EPIPE and EFBIG as exceptions instead). A
+    container started from Python would inherit that: `yes | head -1` would
+    never end. runc, written in Go, passes on no such change.
+    """
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
