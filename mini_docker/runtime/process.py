@@ -145,12 +145,20 @@ def exec_process(process: Process, preserve_fds: int = 0, executable: str | None
 
 
 def restore_signals() -> None:
-    """Give the program the default actions Python changed.
+    """Give the program the default action for every signal it may have one for.
 
-    An ignored signal stays ignored across execve(2), and Python ignores
-    SIGPIPE and SIGXFSZ (it wants EPIPE and EFBIG as exceptions instead). A
-    container started from Python would inherit that: `yes | head -1` would
-    never end. runc, written in Go, passes on no such change.
+    An ignored signal stays ignored across execve(2) (handled ones are reset
+    by the kernel), and Python ignores SIGPIPE and SIGXFSZ: it wants EPIPE
+    and EFBIG as exceptions instead. A container started from Python would
+    inherit that, and `yes | head -1` would never end. Whatever else the
+    caller ignored is reset too, except the two real-time signals the C
+    library keeps for itself, which sigaction refuses to touch.
     """
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue
