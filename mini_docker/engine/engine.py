@@ -447,7 +447,7 @@ class Engine(Inside, Exits):
         if image_config is None:
             image_config = self.image_store.config(self.image_store.manifest(record.ImageRef))
         spec = make_spec(record.Id, image_config, record.Config, record.HostConfig, rootfs)
-        Path(record.Bundle, "config.json").write_text(json.dumps(spec, indent=1) + "\n")
+        Path(record.Bundle, "config.json").write_text(json.dumps(spec))  # compact: C-speed
 
     def _kill_created(self, container_id: str, pidfd: int | None) -> None:
         """Undo a spawn: kill the created container and wait for its shim to go."""

@@ -131,7 +131,7 @@ class RecordStore:
         """Replace the record on disk, atomically and durably."""
         directory = self.directory(record.Id)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(directory / RECORD, json.dumps(record.to_json(), indent=1).encode())
+        write_atomically(directory / RECORD, json.dumps(record.to_json()).encode())
 
     def load_all(self) -> Iterator[ContainerRecord]:
         """Every record on disk; a directory without a readable record is skipped."""
