@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_support import engine, engine_root, engine_template  # noqa: F401, F811 (fixtures)
 
 from mini_docker.engine import ContainerError, Engine, NotModified
 from mini_docker.errors import Conflict, InvalidArgument, NotFound
@@ -356,8 +355,10 @@ def test_logs_keep_streams_apart_with_tail_and_timestamps(engine):
     stamped = c.logs(timestamps=True).decode().splitlines()
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z \d", line)
                for line in stamped)
-    for line in (c.attrs["LogPath"] and open(c.attrs["LogPath"]).read().splitlines()):
-        assert set(json.loads(line)) == {"log", "stream", "time"}
+    entries = [json.loads(line) for line in Path(c.attrs["LogPath"]).read_text().splitlines()]
+    assert [(e["stream"], e["log"]) for e in entries] == [
+        ("stdout", "1\n"), ("stderr", "2\n"), ("stdout", "3\n")]
+    assert all(set(e) == {"log", "stream", "time"} for e in entries)
     c.remove()
 
 
@@ -462,8 +463,8 @@ def test_always_starts_with_the_engine_even_after_a_stop_and_unless_stopped_does
                                    restart_policy={"Name": "always"})
     unless = engine.containers.run("busybox", LONG, detach=True, name="unless",
                                    restart_policy={"Name": "unless-stopped"})
-    never = engine.containers.create("busybox", LONG, name="never",
-                                     restart_policy={"Name": "always"})
+    engine.containers.create("busybox", LONG, name="never",
+                             restart_policy={"Name": "always"})
     always.stop(timeout=0)
     unless.stop(timeout=0)
     engine.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import pytest
-from engine_support import engine, engine_root, engine_template  # noqa: F401, F811 (fixtures)
 
 from mini_docker.errors import Conflict, InvalidArgument, NotFound
 

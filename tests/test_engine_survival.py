@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import psutil
-from engine_support import engine, engine_root, engine_template  # noqa: F401, F811 (fixtures)
 
 from mini_docker.engine import Engine
 

@@ -13,7 +13,6 @@ import textwrap
 import time
 
 import pytest
-from engine_support import engine, engine_root, engine_template  # noqa: F401, F811 (fixtures)
 
 from mini_docker.engine import Engine
 from mini_docker.engine.terminal import _watch_for, parse_detach_keys
