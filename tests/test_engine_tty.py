@@ -143,3 +143,31 @@ def test_detach_keys_are_held_back_until_they_are_known():
     assert parse_detach_keys("a,ctrl-@") == b"a\x00"
     with pytest.raises(InvalidArgument, match="invalid detach keys"):
         parse_detach_keys("ctrl-12")
+
+
+def test_frames_that_arrive_together_are_all_shown_before_any_typing():
+    import socket
+    import threading
+
+    from mini_docker.engine.shimclient import STDOUT, Attachment, _Connection, frame
+    from mini_docker.engine.terminal import relay
+
+    ours, theirs = socket.socketpair()
+    stdin_r, stdin_w = os.pipe()
+    out_r, out_w = os.pipe()
+    theirs.sendall(frame(STDOUT, b"one ") + frame(STDOUT, b"prompt> "))  # one recv gets both
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        detached=relay(Attachment(_Connection(ours)), stdin=stdin_r, stdout=out_w)))
+    worker.start()
+    try:
+        assert select.select([out_r], [], [], 5)[0]
+        time.sleep(0.2)
+        assert os.read(out_r, 100) == b"one prompt> "  # nobody typed anything yet
+    finally:
+        theirs.close()
+        worker.join(5)
+        for fd in (stdin_r, stdin_w, out_r, out_w):
+            os.close(fd)
+        ours.close()
+    assert result == {"detached": False}

@@ -201,6 +201,11 @@ class Stream:
     def fileno(self) -> int:
         return self._connection.sock.fileno()
 
+    @property
+    def buffered(self) -> bool:
+        """Whether frames already read from the socket wait here: select() would not say so."""
+        return bool(self._connection._frames)
+
     def __enter__(self) -> Self:
         return self
 

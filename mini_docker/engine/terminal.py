@@ -102,11 +102,14 @@ def _pump(attachment: "Attachment", stdin: int, stdout: int, detach_keys: bytes)
         while True:
             for key, _ in selector.select():
                 if key.data == "out":
-                    try:
-                        _, data = next(output)
-                    except StopIteration:
-                        return False  # the container exited
-                    os.write(stdout, data)
+                    while True:  # every frame that has arrived, not just the first
+                        try:
+                            _, data = next(output)
+                        except StopIteration:
+                            return False  # the container exited
+                        os.write(stdout, data)
+                        if not attachment.buffered:
+                            break
                     continue
                 data = os.read(stdin, 4096)
                 if not data:  # our stdin ended: so does the container's
