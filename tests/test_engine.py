@@ -519,3 +519,18 @@ def test_exec_with_a_tty(engine):
     assert result.exit_code == 0 and re.fullmatch(rb"/dev/pts/\d+\r\n", result.output)
     assert c.exec_run("tty").output == b"not a tty\n"
     c.remove(force=True)
+
+
+def test_run_with_auto_remove_still_returns_the_output_and_stream_gives_lines(engine):
+    out = engine.containers.run("busybox", ["sh", "-c", "echo a; echo b >&2; echo c"],
+                                auto_remove=True, stderr=True)
+    assert sorted(out.splitlines()) == [b"a", b"b", b"c"]
+    assert engine.list(all=True) == []
+    lines = engine.containers.run("busybox", ["sh", "-c", "echo 1; sleep 0.2; echo 2"],
+                                  stream=True, name="streamed")
+    assert list(lines) == [b"1\n", b"2\n"]
+    engine.remove("streamed")
+    with pytest.raises(ContainerError, match="status 2: bad") as err:
+        engine.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 2"], auto_remove=True)
+    assert err.value.stderr == b"bad\n"
+    assert engine.list(all=True) == []

@@ -55,6 +55,7 @@ from mini_docker.image.store import ImageStore
 DEFAULT_ROOT = "/var/lib/mini-docker"
 DEFAULT_STOP_TIMEOUT = 10  # seconds between the stop signal and SIGKILL
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+REMEMBER_REMOVED = 256  # removed containers whose last exit `wait` can still report
 
 
 class NotModified(MiniDockerError):
@@ -84,6 +85,8 @@ class Engine(Inside, Exits):
         self._containers: dict[str, ContainerRecord] = {}
         self._exits: dict[str, int] = {}  # container id -> number of exits seen
         self._backoff: dict[str, float] = {}
+        # the last exit of removed containers, so that `run --rm` can still wait for one
+        self._removed: dict[str, State] = {}
         self._zygote = None
         self._monitor = Monitor(self._shim_exited, self._restart_due)
         self._closed = False
@@ -331,6 +334,8 @@ class Engine(Inside, Exits):
             raise InvalidArgument(f"invalid condition: {condition!r}: use one of "
                                   f"{', '.join(WAIT_CONDITIONS)}")
         with self._lock:
+            if ref in self._removed:  # removed already (`--rm`): how it ended
+                return _wait_result(self._removed[ref])
             record = self.record(ref)
             exits = self._exits.get(record.Id, 0)
 
@@ -344,8 +349,7 @@ class Engine(Inside, Exits):
 
             if not self._changed.wait_for(done, timeout=timeout):
                 raise MiniDockerError(f"timed out waiting for container {record.Id[:12]}")
-            error = {"Message": record.State.Error} if record.State.Error else None
-            return {"StatusCode": record.State.ExitCode, "Error": error}
+            return _wait_result(record.State)
 
     def remove(self, ref: str, *, force: bool = False) -> None:
         """`docker rm`: forget the container; `force` kills it first if it runs."""
@@ -374,6 +378,9 @@ class Engine(Inside, Exits):
         if self.snapshots.container_dir(record.Id).is_dir():
             self.snapshots.remove(record.Id)
         del self._containers[record.Id]
+        self._removed[record.Id] = record.State
+        while len(self._removed) > REMEMBER_REMOVED:
+            del self._removed[next(iter(self._removed))]  # the oldest first
         self._exits.pop(record.Id, None)
         self._backoff.pop(record.Id, None)
         self._emit(record, "destroy")
@@ -488,6 +495,11 @@ class Engine(Inside, Exits):
         attributes = {"image": record.Config["Image"], "name": record.Name,
                       **record.Config.get("Labels", {}), **extra}
         self.events.emit("container", action, record.Id, **attributes)
+
+def _wait_result(state: State) -> dict[str, Any]:
+    error = {"Message": state.Error} if state.Error else None
+    return {"StatusCode": state.ExitCode, "Error": error}
+
 
 def _lock_root(root: Path) -> int:
     """An exclusive lock on the state root for this engine's life; the kernel drops it at exit."""

@@ -41,11 +41,25 @@ class Inside:
         with ShimClient(socket) as client:
             return client.attach(stdin=stdin, stdout=stdout, stderr=stderr)
 
-    def logs(self, ref: str, *, stdout: bool = True, stderr: bool = True,
-             timestamps: bool = False, tail: int | str | None = None, since: Any = None,
-             until: Any = None, follow: bool = False) -> Iterator[bytes]:
-        """`docker logs`: the container's output, line by line, from its json-file log."""
-        from mini_docker.engine.logs import format_entry, parse_time, read_logs
+    def logs(self, ref: str, *, timestamps: bool = False, **options: Any) -> Iterator[bytes]:
+        """`docker logs`: the container's output, line by line, from its json-file log.
+
+        options: stdout, stderr, tail, since, until, follow, as log_entries takes them.
+        """
+        from mini_docker.engine.logs import format_entry
+
+        return (format_entry(entry, timestamps) for entry in self.log_entries(ref, **options))
+
+    def log_entries(self, ref: str, *, stdout: bool = True, stderr: bool = True,
+                    tail: int | str | None = None, since: Any = None, until: Any = None,
+                    follow: bool = False):
+        """The log entries themselves (stream, time, data), for callers that keep streams apart.
+
+        tail: the last N entries ("all" or None: every one); since, until: unix
+        seconds, RFC 3339 or a duration ago ("10m"); follow: wait for more
+        until the container stops.
+        """
+        from mini_docker.engine.logs import parse_time, read_logs
 
         record = self.record(ref)
         if not record.LogPath:
@@ -58,18 +72,10 @@ class Inside:
             except (TypeError, ValueError):
                 raise InvalidArgument(f"invalid tail value {tail!r}: a number or 'all'") from None
             count = None if count < 0 else count
-        entries = read_logs(record.LogPath, stdout=stdout, stderr=stderr,
-                            since=parse_time(since) if since else None,
-                            until=parse_time(until) if until else None, tail=count,
-                            follow=follow, is_running=lambda: self._is_running(record.Id))
-        return (format_entry(entry, timestamps) for entry in entries)
-
-    def logs_entries(self, ref: str, **options: Any):
-        """The log entries themselves (stream, time, data), for callers that keep streams apart."""
-        from mini_docker.engine.logs import read_logs
-
-        record = self.record(ref)
-        return read_logs(record.LogPath, **options)
+        return read_logs(record.LogPath, stdout=stdout, stderr=stderr,
+                         since=parse_time(since) if since else None,
+                         until=parse_time(until) if until else None, tail=count,
+                         follow=follow, is_running=lambda: self._is_running(record.Id))
 
     def exec_run(self, ref: str, cmd: str | Sequence[str], *, stdout: bool = True,
                  stderr: bool = True, stdin: bool = False, tty: bool = False,

@@ -218,16 +218,19 @@ class ContainerCollection:
         return self.get(record.Id)
 
     def run(self, image: str, command: str | Sequence[str] | None = None, stdout: bool = True,
-            stderr: bool = False, remove: bool = False, **kwargs: Any) -> Container | bytes:
+            stderr: bool = False, remove: bool = False, stream: bool = False,
+            **kwargs: Any) -> Container | bytes | Iterator[bytes]:
         """`docker run`: create and start; without detach, wait and return the output.
 
-        As docker-py: a non-zero exit raises ContainerError (with the stderr),
-        remove=True removes the container once its output is read.
+        As docker-py: the output is read as it comes, so an auto-removed
+        container's is not lost; a non-zero exit raises ContainerError (with
+        the stderr); remove=True removes the container once it has exited;
+        stream=True returns the output as an iterator of lines at once.
         """
+        from mini_docker.errors import InvalidArgument
+
         detach = kwargs.get("detach", False)
         if detach and remove:
-            from mini_docker.errors import InvalidArgument
-
             raise InvalidArgument("the options remove and detach cannot be used together; use "
                                   "auto_remove")
         container = self.create(image, command, **kwargs)
@@ -239,16 +242,22 @@ class ContainerCollection:
             raise
         if detach:
             return container
-        auto = kwargs.get("auto_remove")
-        status = self._engine.wait(container.id, "not-running" if not auto else "removed")
-        output = b"" if auto else container.logs(stdout=stdout, stderr=stderr)
-        errors = b"" if auto or status["StatusCode"] == 0 else \
-            container.logs(stdout=False, stderr=True)
+        entries = self._engine.log_entries(container.id, follow=True)
+        if stream:
+            return (entry.data for entry in entries
+                    if stdout and entry.stream == "stdout" or stderr and entry.stream == "stderr")
+        out, err = [], []
+        for entry in entries:  # until the container stops
+            (out if entry.stream == "stdout" else err).append(entry)
+        status = self._engine.wait(container.id)
+        chosen = sorted([*(out if stdout else []), *(err if stderr else [])],
+                        key=lambda e: e.time)
         if remove:
             container.remove()
         if status["StatusCode"] != 0:
-            raise ContainerError(container, status["StatusCode"], command, image, errors)
-        return output
+            raise ContainerError(container, status["StatusCode"], command, image,
+                                 b"".join(e.data for e in err))
+        return b"".join(e.data for e in chosen)
 
     def get(self, container_id: str) -> Container:
         return Container(self._engine, self._engine.inspect(container_id))
