@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -380,6 +381,15 @@ def test_exec_runs_inside_with_its_own_exit_code_env_user_and_workdir(engine):
     # the same namespaces as the container's init
     host = c.exec_run("hostname").output.strip().decode()
     assert host == c.id[:12]
+    pid = engine.inspect(c.id)["State"]["Pid"]
+    with open(f"/proc/{pid}/cgroup") as f:
+        init_groups = f.read()
+    exec_groups = c.exec_run("cat /proc/self/cgroup").output
+    assert c.id in init_groups  # the container's own cgroups, as the host sees them
+    assert exec_groups == c.exec_run("cat /proc/1/cgroup").output  # and the exec is in them
+    for kind in ("mnt", "pid", "net", "uts", "ipc"):
+        inside = c.exec_run(f"readlink /proc/self/ns/{kind}").output.decode().strip()
+        assert inside == os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}")
     assert c.exec_run("readlink /proc/1/exe").output.strip() == b"/bin/sleep" or \
         c.exec_run("cat /proc/1/cmdline").output.startswith(b"sleep")
     with pytest.raises(InvalidArgument, match="No exec command"):
