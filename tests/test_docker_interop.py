@@ -18,36 +18,21 @@ removes everything it made; the module then checks the host is as it was.
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
+from docker_support import (CTR, DOCKER_CLI, Daemon, DockerdError, missing,
+                            private_dockerd)
 from leaks import HostSnapshot
 
-DOCKERD = shutil.which("dockerd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-# Debian's docker.io puts its CLI in /usr/bin; prefer it over a newer one elsewhere on PATH,
-# so that the messages checked below are those of the same release as the daemon.
-DOCKER_CLI = shutil.which("docker", path=f"/usr/bin:{os.environ.get('PATH', '')}")
-CTR = shutil.which("ctr")
 MINI_RUNC = Path(sys.executable).parent / "mini-runc"  # the console script of this venv
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="dockerd needs root"),
-    pytest.mark.skipif(DOCKERD is None or DOCKER_CLI is None,
-                       reason="dockerd and the docker CLI are not installed "
-                              "(lab/host-setup.sh --test installs docker.io)"),
+    pytest.mark.skipif(missing() is not None, reason=str(missing())),
     pytest.mark.skipif(not MINI_RUNC.exists(),
                        reason=f"{MINI_RUNC} is missing: install the project in this venv"),
 ]
@@ -55,210 +40,23 @@ pytestmark = [
 RUN = ("run", "--pull", "never", "--runtime", "mini")
 
 
-@dataclass
-class Daemon:
-    """A private dockerd (and its containerd), and how to talk to them."""
-
-    home: Path
-    socket: str
-    process: subprocess.Popen
-
-    @property
-    def exec_root(self) -> Path:
-        return self.home / "exec"
-
-    @property
-    def runtime_root(self) -> Path:
-        """Where mini-runc keeps its state: dockerd 20.10 passes every runc-shim runtime
-        `--root <exec-root>/runtime-runc/moby`."""
-        return self.exec_root / "runtime-runc" / "moby"
-
-    @property
-    def containerd_address(self) -> str:
-        return str(self.exec_root / "containerd" / "containerd.sock")
-
-    @property
-    def log(self) -> str:
-        return (self.home / "dockerd.log").read_text(errors="replace")
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}",
-                "DOCKER_CONFIG": str(self.home / "cli")}
-
-    def docker(self, *args: str, input: str | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([DOCKER_CLI, *args], input=input, capture_output=True, text=True,
-                              env=self.env(), timeout=timeout)
-
-    def in_terminal(self, *args: str, keys: bytes = b"", timeout: float = 30) -> tuple[int, str]:
-        """Run the docker CLI with a pseudo-terminal as its stdin, stdout and stderr.
-
-        `docker run -t` and `exec -it` want a terminal, and the tests have none.
-        Return the exit status and what appeared on the terminal (without \\r).
-        """
-        master, slave = pty.openpty()
-        try:
-            cli = subprocess.Popen([DOCKER_CLI, *args], stdin=slave, stdout=slave, stderr=slave,
-                                   env=self.env(), start_new_session=True)
-        finally:
-            os.close(slave)
-        output = bytearray()
-        try:
-            if keys:
-                os.write(master, keys)
-            deadline = time.monotonic() + timeout
-            while True:
-                ready, _, _ = select.select([master], [], [], max(0, deadline - time.monotonic()))
-                if not ready:
-                    cli.kill()
-                    raise AssertionError(f"docker {' '.join(args)}: no end after {timeout} s: "
-                                         f"{bytes(output)!r}")
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the CLI, the last holder of the terminal, has exited
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            status = cli.wait(timeout)
-        finally:
-            os.close(master)
-        return status, output.decode(errors="replace").replace("\r", "")
-
-
-# --- the daemon ---------------------------------------------------------------------
-
-
-def _ping(path: str) -> bool:
-    """Whether the Engine API answers on the unix socket at `path`."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(2)
-            sock.connect(path)
-            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            return sock.recv(1024).startswith(b"HTTP/1.0 200")
-    except OSError:
-        return False
-
-
-def _start_dockerd(home: Path) -> Daemon:
-    for name in ("data", "exec", "cli"):
-        (home / name).mkdir()
-    (home / "daemon.json").write_text("{}")  # not /etc/docker/daemon.json
-    sock = str(home / "docker.sock")
-    argv = [DOCKERD, "--config-file", str(home / "daemon.json"),
-            "--data-root", str(home / "data"), "--exec-root", str(home / "exec"),
-            "--pidfile", str(home / "dockerd.pid"), "-H", f"unix://{sock}",
-            "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-forward=false",
-            "--ip-masq=false", "--userland-proxy=false",
-            "--storage-driver", "overlay2", "--add-runtime", f"mini={MINI_RUNC}"]
-    with open(home / "dockerd.log", "wb") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not _ping(sock):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            tail = (home / "dockerd.log").read_text(errors="replace")[-2000:]
-            pytest.fail(f"dockerd did not start (exit {process.returncode}):\n{tail}")
-        time.sleep(0.05)
-    return Daemon(home, sock, process)
-
-
-def _stop_dockerd(daemon: Daemon) -> None:
-    """Remove every container, stop dockerd, which stops its containerd.
-
-    If that fails, whatever still runs on this daemon's sockets (containerd,
-    the shims, named with `-address <home>/...`, and their containers) is killed.
-    """
-    try:
-        left = daemon.docker("ps", "-aq", timeout=20).stdout.split()
-        if left:
-            daemon.docker("rm", "--force", *left, timeout=60)
-    except subprocess.TimeoutExpired:
-        pass  # a daemon that does not answer is killed below
-    daemon.process.terminate()
-    try:
-        daemon.process.wait(20)
-    except subprocess.TimeoutExpired:
-        daemon.process.kill()
-        daemon.process.wait()
-    ours = [p for p in psutil.process_iter(["cmdline"])
-            if any(str(daemon.home) in arg for arg in p.info["cmdline"] or ())]
-    for process in ours:
-        for victim in [*process.children(recursive=True), process]:
-            try:
-                victim.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-    psutil.wait_procs(ours, timeout=10)
-
-
-def _unmount_under(root: Path) -> None:
-    """Detach what the daemon left mounted under `root` (its data root, overlays), deepest first."""
-    from mini_docker.kernel import constants as C
-    from mini_docker.kernel import umount2
-
-    with open("/proc/self/mountinfo") as f:
-        points = {line.split()[4] for line in f}
-    inside = [p for p in points if p == str(root) or p.startswith(f"{root}/")]
-    for point in sorted(inside, key=len, reverse=True):
-        umount2(Path(point), C.MNT_DETACH)
-
-
-def _docker_cgroups() -> set[Path]:
-    """The parent cgroups of docker's containers (/sys/fs/cgroup/<controller>/docker).
-
-    runc makes them from config.json's cgroupsPath; mini-runc does not manage
-    cgroups yet, so they appear only if a container here ever runs on runc.
-    """
-    return {p for p in Path("/sys/fs/cgroup").glob("*/docker") if p.is_dir()}
-
-
-def _remove_cgroup(directory: Path) -> None:
-    for cgroup in sorted((p for p in directory.rglob("*") if p.is_dir()),
-                         key=lambda p: len(p.parts), reverse=True) + [directory]:
-        try:
-            cgroup.rmdir()
-        except OSError:
-            pass  # EBUSY: it still has processes, someone else's
-
-
-def _remove_if_empty(*directories: Path) -> None:
-    for directory in directories:
-        try:
-            directory.rmdir()
-        except OSError:
-            pass  # not ours to remove: something else put files there
-
-
 @pytest.fixture(scope="module")
 def daemon(busybox_rootfs):
+    """The private dockerd (see docker_support.py), with busybox:latest and mini-runc."""
     from mini_docker.image.bootstrap import rootfs_tar
 
     before = HostSnapshot()
-    cgroups_before = _docker_cgroups()
-    shim_dirs = [Path("/run/containerd/s"), Path("/run/containerd")]  # shim sockets live here
-    shim_dirs_before = {d for d in shim_dirs if d.exists()}
-    home = Path(tempfile.mkdtemp(prefix="mini-dockerd-"))
-    daemon = None
     try:
-        daemon = _start_dockerd(home)
-        tar = home / "busybox.tar"
-        with open(tar, "wb") as f:
-            rootfs_tar(busybox_rootfs, f)
-        imported = daemon.docker("import", "--change", 'CMD ["sh"]', str(tar), "busybox:latest")
-        assert imported.returncode == 0, imported.stderr
-        yield daemon
-    finally:
-        if daemon:
-            _stop_dockerd(daemon)
-        _unmount_under(home)
-        shutil.rmtree(home)
-        for cgroup in _docker_cgroups() - cgroups_before:
-            _remove_cgroup(cgroup)
-        _remove_if_empty(*(d for d in shim_dirs if d not in shim_dirs_before))
+        with private_dockerd({"mini": str(MINI_RUNC)}) as daemon:
+            tar = daemon.home / "busybox.tar"
+            with open(tar, "wb") as f:
+                rootfs_tar(busybox_rootfs, f)
+            imported = daemon.docker("import", "--change", 'CMD ["sh"]', str(tar),
+                                     "busybox:latest")
+            assert imported.returncode == 0, imported.stderr
+            yield daemon
+    except DockerdError as err:
+        pytest.fail(str(err))
     leaks = HostSnapshot().leaked_since(before)
     assert not leaks, f"the private dockerd left these behind: {leaks}"
 
