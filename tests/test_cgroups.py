@@ -215,6 +215,33 @@ def test_a_group_cannot_be_created_twice(driver, groups):
         cgroups.create(group.path)
 
 
+@on_host_driver
+def test_a_forked_child_joins_the_group_itself_and_its_children_follow(driver, groups):
+    group = groups()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # one thread, as a container's first process is
+        try:
+            group.join()
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.read(done_r, 1)
+                os._exit(0)
+            os.read(done_r, 1)
+            os.waitpid(grandchild, 0)
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while len(group.procs()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pid in group.procs() and len(group.procs()) == 2
+    finally:
+        os.write(done_w, b"xx")
+        os.waitpid(pid, 0)
+        os.close(done_r), os.close(done_w)
+
+
 BAD_LIMITS = {
     "memory 10x": (lambda: Resources(memory=parse_memory("10x")), "invalid memory size '10x'"),
     "negative memory": (lambda: Resources(memory=-5), "invalid memory -5"),

@@ -155,6 +155,11 @@ class Cgroup(ABC):
         """Move process `pid` (all its threads) into the group."""
 
     @abstractmethod
+    def join(self) -> None:
+        """Move the calling process into the group. It must have one thread only:
+        a child just forked, about to become a container's process."""
+
+    @abstractmethod
     def stats(self) -> Stats:
         """The group's accounts now."""
 

@@ -88,6 +88,19 @@ class V1Cgroup(Cgroup):
         for directory in self.directories():
             write_file(f"{directory}/cgroup.procs", str(pid))
 
+    def join(self) -> None:
+        """Move ourselves, through `tasks` (one thread) and pid 0 (the caller).
+
+        Moving another process, or a whole one through cgroup.procs, takes a
+        lock that every fork in the system also takes, and waits for the
+        readers of it to drain: an RCU grace period, some 10 ms on an idle
+        machine. A thread that moves itself cannot be forking at that moment,
+        so the kernel skips the lock; for a process of one thread, as a child
+        just forked is, the thread is the whole process.
+        """
+        for directory in self.directories():
+            write_file(f"{directory}/tasks", "0")
+
     def plan(self, resources: Resources) -> tuple[list[Write], list[str]]:
         r = resources
         writes = self._memory_writes(r)

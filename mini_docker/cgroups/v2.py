@@ -127,6 +127,10 @@ class V2Cgroup(Cgroup):
     def add(self, pid: int) -> None:
         write_file(f"{self.dir}/cgroup.procs", str(pid))
 
+    def join(self) -> None:
+        # v2 moves whole processes only (cgroup.threads is for threaded groups)
+        write_file(f"{self.dir}/cgroup.procs", "0")
+
     def plan(self, resources: Resources) -> tuple[list[Write], list[str]]:
         r = resources
         writes: list[Write] = []

@@ -1,11 +1,12 @@
 """Where the runtime puts a container's processes: its control group.
 
 config.json names the group (`linux.cgroupsPath`, "/docker/<id>" from
-dockerd) and the limits (`linux.resources`). The runtime makes the group,
-writes the limits and moves the container's first process into it *before*
-that process enters its namespaces or runs anything: every process of the
-container descends from it and inherits the group, and a new cgroup
-namespace then shows the group as its root. On delete the group goes too.
+dockerd) and the limits (`linux.resources`). The runtime makes the group
+and writes the limits before it forks; the container's first process joins
+the group itself (`Cgroup.join`, the cheap way in) *before* it enters its
+namespaces or runs anything: every process of the container descends from
+it and inherits the group, and a new cgroup namespace then shows the group
+as its root. On delete the group goes too.
 
 The spec's device list usually starts by denying everything; like runc, we
 then allow the few devices every container needs, or the container could not

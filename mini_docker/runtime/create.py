@@ -48,18 +48,15 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
         fifo = directory / "exec.fifo"
         os.mkfifo(fifo, 0o600)
         console = _connect(console_socket) if console_socket else None
+        group = cgroup.make(group_path, limits)
         ctx = InitContext(spec=spec, bundle=bundle, rootfs=str(oci.root_path(spec, bundle)),
                           fifo=str(fifo), sync=SyncPipe.open(), preserve_fds=preserve_fds,
-                          console=console.fileno() if console else None,
-                          wait_for_cgroup=True)
+                          console=console.fileno() if console else None, cgroup=group)
         child = fork()
         if child == 0:
             stage1(ctx)  # never returns
         if console:
             console.close()
-        group = cgroup.make(group_path, limits)
-        group.add(child)  # before it does anything: all it starts inherits the group
-        ctx.sync.go()
         init_pid = _converse(ctx, spec, child)
         state = ContainerState(
             id=container_id, bundle=bundle, rootfs=ctx.rootfs, pid=init_pid,

@@ -121,7 +121,7 @@ def _join_cgroup(state: ContainerState) -> None:
     """Move this process into the container's cgroup: its limits and accounts cover us."""
     group = StateDir.group(state)
     if group is not None and group.exists():
-        group.add(os.getpid())
+        group.join()
 
 
 def _join_and_exec(state: ContainerState, namespaces: dict[str, int], process: Process,

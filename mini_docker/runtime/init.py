@@ -33,6 +33,7 @@ import os
 import struct
 import termios
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mini_docker.kernel import constants as C
 from mini_docker.kernel import SyscallError, fork, mount, sethostname, setns, unshare
@@ -42,6 +43,8 @@ from mini_docker.runtime.process import enter_cwd, environment, exec_process, fi
 from mini_docker.runtime.spec import NAMESPACE_TYPES, Spec
 from mini_docker.runtime.sync import SyncPipe
 
+if TYPE_CHECKING:
+    from mini_docker.cgroups import Cgroup
 
 # ioctls of <asm-generic/ioctls.h> that Python's termios lacks: unlockpt and ptsname.
 TIOCSPTLCK = 0x40045431
@@ -58,7 +61,7 @@ class InitContext:
     fifo: str
     sync: SyncPipe
     console: int | None = None  # a connected socket to send the pty master over
-    wait_for_cgroup: bool = False  # the runtime moves stage 1 into its cgroup first
+    cgroup: Cgroup | None = None  # made by the runtime; stage 1 joins it first of all
     preserve_fds: int = 0
 
 
@@ -75,8 +78,8 @@ def stage1(ctx: InitContext) -> None:
     status = 1
     try:
         ctx.sync.child_side()
-        if ctx.wait_for_cgroup:
-            ctx.sync.wait_go()
+        if ctx.cgroup is not None:  # first: every process of the container descends from us
+            ctx.cgroup.join()
         linux = ctx.spec.linux
         for ns in sorted((n for n in linux.namespaces if n.path), key=lambda n: n.type != "user"):
             fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
