@@ -383,6 +383,44 @@ def test_features_and_version():
     assert version.startswith("mini-runc version") and "spec: 1.0.2" in version
 
 
+# The argument shapes dockerd, containerd and people use, which the quick parser must
+# read exactly as argparse does; and shapes it must leave to argparse (help, errors...).
+QUICK_SHAPES = [
+    "--root /r --log /l --log-format json create --bundle /b --pid-file /p --console-socket /s c",
+    "--root /r --log /l --log-format json create --bundle /b --pid-file /p c",
+    "--root /r create -b /b c", "create c", "create c --bundle=/b", "--root=/r create c",
+    "create --preserve-fds 2 --no-pivot --no-new-keyring --bundle /b c",
+    "--root /r --log /l --log-format json start c", "state c", "--log-format text state c",
+    "--root /r kill c 9", "kill c", "kill --all c KILL", "kill -a c SIGTERM",
+    "--root /r --log /l --log-format json delete --force c", "delete c", "delete -f c",
+    "--root /r --log /l --log-format json exec --process /p.json --detach --pid-file /pid c",
+    "exec --process /p.json --detach --pid-file /pid --console-socket /s c",
+    "--root /r run --bundle /b c", "run -d --bundle /b c", "run --keep -b /b c",
+    "--debug --systemd-cgroup --rootless false --criu x run --bundle /b c", "state start",
+]
+ARGPARSE_SHAPES = [
+    "", "--version", "-h", "create", "create a b", "--log-format xml state c", "create -b=/b c",
+    "kill c 9 x", "state --help", "exec c sh -c x", "create --preserve-fds x c", "--root",
+    "create --bundle", "features", "delete --force=1 c", "start -- c", "create --bund /b c",
+    "start -x c", "--debug start --debug c", "list", "ps c",
+]
+
+
+@pytest.mark.parametrize("shape", QUICK_SHAPES)
+def test_the_quick_parser_reads_the_usual_shapes_as_argparse_does(shape):
+    from mini_docker.runtime.cli import _parser, _quick_parse
+
+    quick = _quick_parse(shape.split())
+    assert quick is not None and vars(quick) == vars(_parser("mini-runc").parse_args(shape.split()))
+
+
+@pytest.mark.parametrize("shape", ARGPARSE_SHAPES)
+def test_the_quick_parser_leaves_the_rest_to_argparse(shape):
+    from mini_docker.runtime.cli import _quick_parse
+
+    assert _quick_parse(shape.split()) is None
+
+
 # --- the tiny init ---------------------------------------------------------------------
 
 

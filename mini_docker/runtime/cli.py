@@ -10,22 +10,116 @@ line lets them use mini-runc in place of runc:
 Errors go to stderr and, when --log is given, to that file as one JSON
 object per line ({"level": "error", "msg": ..., "time": ...}), which is
 where containerd looks for the reason a runtime failed.
+
+containerd starts a runtime process for every step of every container, so
+the command line must start fast. Importing argparse and building a parser
+for fifteen verbs costs more than a small container takes to run, so the
+verbs called for every container are read by `_quick_parse`, a plain loop
+over the arguments; anything it does not recognise, --help and every error
+included, is left to argparse, which gives the same result (a test checks
+that the two agree).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 from mini_docker import __version__
 from mini_docker.errors import MiniDockerError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    import argparse
+
 RUNC_COMPATIBLE = "1.1.5"
+
+# The options _quick_parse reads: flag -> (attribute, takes a value). The
+# defaults are argparse's (see _parser, which stays the reference).
+GLOBAL_OPTIONS = {"--root": ("root", True), "--log": ("log", True),
+                  "--log-format": ("log_format", True), "--debug": ("debug", False),
+                  "--systemd-cgroup": ("systemd_cgroup", False), "--rootless": ("rootless", True),
+                  "--criu": ("criu", True)}
+GLOBAL_DEFAULTS = {"root": None, "log": None, "log_format": "text", "debug": False,
+                   "systemd_cgroup": False, "rootless": None, "criu": None, "version": False}
+CREATE_OPTIONS = {"-b": ("bundle", True), "--bundle": ("bundle", True),
+                  "--pid-file": ("pid_file", True), "--console-socket": ("console_socket", True),
+                  "--preserve-fds": ("preserve_fds", True), "--no-pivot": ("no_pivot", False),
+                  "--no-new-keyring": ("no_new_keyring", False)}
+CREATE_DEFAULTS = {"bundle": ".", "pid_file": None, "console_socket": None, "preserve_fds": 0,
+                   "no_pivot": False, "no_new_keyring": False}
+# verb -> (its options, its positional arguments, the defaults of both)
+QUICK_VERBS = {
+    "create": (CREATE_OPTIONS, ["id"], CREATE_DEFAULTS),
+    "run": ({**CREATE_OPTIONS, "-d": ("detach", False), "--detach": ("detach", False),
+             "--keep": ("keep", False)}, ["id"], {**CREATE_DEFAULTS, "detach": False, "keep": False}),
+    "start": ({}, ["id"], {}),
+    "state": ({}, ["id"], {}),
+    "kill": ({"-a": ("all", False), "--all": ("all", False)}, ["id", "signal"],
+             {"all": False, "signal": "SIGTERM"}),
+    "delete": ({"-f": ("force", False), "--force": ("force", False)}, ["id"], {"force": False}),
+    "exec": ({"-p": ("process", True), "--process": ("process", True),
+              "-d": ("detach", False), "--detach": ("detach", False),
+              "--pid-file": ("pid_file", True), "--console-socket": ("console_socket", True),
+              "--preserve-fds": ("preserve_fds", True)}, ["id"],
+             {"process": None, "detach": False, "pid_file": None, "console_socket": None,
+              "tty": False, "cwd": None, "env": [], "user": None, "preserve_fds": 0,
+              "command": []}),
+}
+
+
+def _quick_parse(argv: list[str]) -> SimpleNamespace | None:
+    """runc's usual argument shapes, parsed without argparse; None for anything else.
+
+    Global options, then a verb of QUICK_VERBS, then its options and
+    positional arguments in any order; a long option as `--flag value` or
+    `--flag=value`. A positional argument with a default may be left out.
+    """
+    args = dict(GLOBAL_DEFAULTS)
+    options, names, positionals = GLOBAL_OPTIONS, [], None
+    words = iter(argv)
+    for word in words:
+        flag, has_value, value = word.partition("=") if word.startswith("--") else (word, "", "")
+        if positionals is None and word in QUICK_VERBS:  # the verb: its own options from here
+            options, names, defaults = QUICK_VERBS[word]
+            args.update(defaults, verb=word)
+            positionals = []
+        elif flag in options:
+            attribute, takes_value = options[flag]
+            if not takes_value:
+                if has_value:
+                    return None
+                args[attribute] = True
+                continue
+            if not has_value:
+                value = next(words, None)
+                if value is None or value.startswith("-"):
+                    return None
+            args[attribute] = value
+        elif positionals is not None and word and not word.startswith("-"):
+            positionals.append(word)
+        else:
+            return None  # --help, an option we do not know, "--"...: argparse's work
+    if positionals is None:
+        return None
+    required = [name for name in names if name not in args]
+    if not len(required) <= len(positionals) <= len(names):
+        return None
+    args.update(zip(names, positionals))
+    if args["log_format"] not in ("text", "json"):
+        return None
+    if "preserve_fds" in args:
+        if not str(args["preserve_fds"]).isdigit():
+            return None
+        args["preserve_fds"] = int(args["preserve_fds"])
+    return SimpleNamespace(**args)
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(prog=prog, description="An OCI runtime, runc's command line.")
     p.add_argument("--root", default=None, help="where container state lives "
                    "(default /run/mini-docker/runtime)")
@@ -96,7 +190,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "mini-runc") -> int:
-    args = _parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _quick_parse(argv) or _parser(prog).parse_args(argv)
     if args.version:
         print(f"{prog} version {__version__}\ncommit: runc-compatible {RUNC_COMPATIBLE}\n"
               f"spec: 1.0.2-dev")
