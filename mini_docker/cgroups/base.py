@@ -23,11 +23,15 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from collections.abc import Callable
 
 from mini_docker.cgroups.resources import Resources
 from mini_docker.cgroups.stats import Pressure, Stats
 from mini_docker.errors import InvalidArgument, MiniDockerError, NotFound
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class CgroupError(MiniDockerError):

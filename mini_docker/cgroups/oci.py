@@ -18,11 +18,13 @@ passes, since runc's and docker's configs carry such keys.
 
 from __future__ import annotations
 
-from typing import Any
-
 from mini_docker.cgroups.resources import (DeviceRule, Resources, ThrottleDevice,
                                            validate_pids_limit)
 from mini_docker.errors import InvalidArgument
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def resources_from_oci(doc: Any) -> Resources:

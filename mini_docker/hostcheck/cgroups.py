@@ -20,7 +20,10 @@ import re
 from dataclasses import dataclass, field
 
 from mini_docker.hostcheck.host import Host, _read, kernel_version
-from mini_docker.hostcheck.report import Check
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
+if TYPE_CHECKING:
+    from mini_docker.hostcheck.report import Check
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,10 @@ def cgroup_mode(proc: str = "/proc", sys: str = "/sys") -> str:
 
 def _controller_check(layout: CgroupLayout, controller: Controller, release: str) -> Check:
     """Where `controller` is mounted, or why it is not and how to get it."""
+    # imported here: the cgroups layer reads the layout above on every container,
+    # and needs none of the report's machinery
+    from mini_docker.hostcheck.report import Check
+
     c = controller
     where = layout.where(c.v1) or layout.where(c.v2)
     if where is None and layout.mode == "v2":
@@ -193,6 +200,8 @@ def _controller_check(layout: CgroupLayout, controller: Controller, release: str
 
 
 def _cgroup_checks(layout: CgroupLayout, release: str) -> list[Check]:
+    from mini_docker.hostcheck.report import Check
+
     if layout.mode == "none":
         mode = Check("cgroups", "mode", "missing", layout.describe(),
                      f"mount -t cgroup2 cgroup2 {CGROUP_ROOT}")

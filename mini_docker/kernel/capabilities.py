@@ -56,7 +56,7 @@ import ctypes
 import functools
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from mini_docker.kernel import constants as C
 from mini_docker.kernel.syscalls import SyscallError, _check, _libc, prctl, syscall_error

@@ -30,12 +30,16 @@ from __future__ import annotations
 import os
 import signal
 import warnings
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
 
 from mini_docker.kernel import constants as C
 from mini_docker.kernel.syscalls import mount, prctl, unshare
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 # Namespaces that unshare(2) creates for the caller's future children only.
 FOR_CHILDREN_ONLY = C.CLONE_NEWPID | C.CLONE_NEWTIME

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from mini_docker.kernel import constants as C
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mini_docker.errors import InvalidArgument, MiniDockerError
 from mini_docker.kernel import fork
@@ -24,6 +22,7 @@ from mini_docker.runtime.spec import IDMapping, Spec
 from mini_docker.runtime.state import ContainerState, StateDir, now_rfc3339, process_start_time
 from mini_docker.runtime.sync import SyncPipe
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
 if TYPE_CHECKING:
     import socket
 
@@ -45,12 +44,12 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
     directory = states.reserve(container_id)
     init_pid, child, group = None, None, None
     try:
-        fifo = directory / "exec.fifo"
+        fifo = os.path.join(directory, "exec.fifo")
         os.mkfifo(fifo, 0o600)
         console = _connect(console_socket) if console_socket else None
         group = cgroup.make(group_path, limits)
-        ctx = InitContext(spec=spec, bundle=bundle, rootfs=str(oci.root_path(spec, bundle)),
-                          fifo=str(fifo), sync=SyncPipe.open(), preserve_fds=preserve_fds,
+        ctx = InitContext(spec=spec, bundle=bundle, rootfs=oci.root_path(spec, bundle),
+                          fifo=fifo, sync=SyncPipe.open(), preserve_fds=preserve_fds,
                           console=console.fileno() if console else None, cgroup=group)
         child = fork()
         if child == 0:
@@ -142,7 +141,8 @@ def write_id_maps(pid: int, uids: list[IDMapping], gids: list[IDMapping]) -> Non
         raise InvalidArgument("a user namespace needs linux.uidMappings and linux.gidMappings")
     for name, mappings in (("uid_map", uids), ("gid_map", gids)):
         lines = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
-        Path(f"/proc/{pid}/{name}").write_text(lines)
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(lines)
 
 
 def _kill_quietly(pid: int) -> None:

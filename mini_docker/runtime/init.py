@@ -33,7 +33,6 @@ import os
 import struct
 import termios
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from mini_docker.kernel import constants as C
 from mini_docker.kernel import SyscallError, fork, mount, sethostname, setns, unshare
@@ -43,6 +42,7 @@ from mini_docker.runtime.process import enter_cwd, environment, exec_process, fi
 from mini_docker.runtime.spec import NAMESPACE_TYPES, Spec
 from mini_docker.runtime.sync import SyncPipe
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
 if TYPE_CHECKING:
     from mini_docker.cgroups import Cgroup
 

@@ -13,14 +13,18 @@ inside the container's set-up. Fields this runtime does not implement are kept
 in `Spec.raw`, untouched, so nothing a caller wrote is lost.
 """
 
+from __future__ import annotations
+
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from mini_docker.errors import InvalidArgument
 from mini_docker.kernel import constants as C
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 OCI_VERSION = "1.0.2-dev"
 
@@ -281,9 +285,9 @@ def parse(doc: dict[str, Any]) -> Spec:
 
 def load(bundle: str | os.PathLike) -> Spec:
     """Read and check `bundle`/config.json."""
-    path = Path(bundle) / "config.json"
     try:
-        text = path.read_text()
+        with open(os.path.join(bundle, "config.json")) as f:
+            text = f.read()
     except FileNotFoundError:
         raise InvalidArgument(f"no config.json in the bundle {os.fspath(bundle)!r}") from None
     try:
@@ -292,14 +296,14 @@ def load(bundle: str | os.PathLike) -> Spec:
         raise InvalidArgument(f"config.json is not valid JSON: {err}") from None
     spec = parse(doc)
     rootfs = root_path(spec, bundle)
-    if not rootfs.is_dir():
+    if not os.path.isdir(rootfs):
         raise InvalidArgument(f"root.path {spec.root_path!r}: no such directory ({rootfs})")
     return spec
 
 
-def root_path(spec: Spec, bundle: str | os.PathLike) -> Path:
+def root_path(spec: Spec, bundle: str | os.PathLike) -> str:
     """The rootfs directory: root.path is relative to the bundle unless absolute."""
-    return (Path(bundle) / spec.root_path).resolve()
+    return os.path.realpath(os.path.join(bundle, spec.root_path))
 
 
 # --- the default config, as `runc spec` writes it -------------------------------------

@@ -29,4 +29,7 @@ def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: 
             raise Conflict(f"container {container_id} did not start: its init is gone")
     finally:
         os.close(reader)
-        fifo.unlink(missing_ok=True)
+        try:
+            os.unlink(fifo)
+        except FileNotFoundError:
+            pass

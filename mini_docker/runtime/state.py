@@ -26,10 +26,12 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 from mini_docker.errors import Conflict, InvalidArgument, NotFound
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_ROOT = "/run/mini-docker/runtime"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
@@ -80,56 +82,58 @@ class StateDir:
     """The runtime root: one directory per container."""
 
     def __init__(self, root: str | os.PathLike = DEFAULT_ROOT):
-        self.root = Path(root)
+        self.root = os.fspath(root)
 
-    def path(self, container_id: str) -> Path:
-        return self.root / check_id(container_id)
+    def path(self, container_id: str) -> str:
+        return os.path.join(self.root, check_id(container_id))
 
-    def fifo(self, container_id: str) -> Path:
-        return self.path(container_id) / "exec.fifo"
+    def fifo(self, container_id: str) -> str:
+        return os.path.join(self.path(container_id), "exec.fifo")
 
-    def reserve(self, container_id: str) -> Path:
+    def reserve(self, container_id: str) -> str:
         """Make the container's directory; an existing one means the id is taken."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
         path = self.path(container_id)
         try:
-            path.mkdir(mode=0o700)
+            os.mkdir(path, 0o700)
         except FileExistsError:
             raise Conflict(f"container with id {container_id!r} already exists") from None
         return path
 
     def save(self, state: ContainerState) -> None:
-        path = self.path(state.id) / "state.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
+        path = os.path.join(self.path(state.id), "state.json")
+        with open(f"{path}.tmp", "w") as f:
             json.dump(asdict(state), f)
-        os.replace(tmp, path)  # no fsync: the root is a tmpfs, and a reboot ends containers
+        os.replace(f"{path}.tmp", path)  # no fsync: the root is a tmpfs, and a reboot ends containers
 
     def load(self, container_id: str) -> ContainerState:
-        path = self.path(container_id) / "state.json"
+        path = os.path.join(self.path(container_id), "state.json")
         try:
-            doc = json.loads(path.read_text())
+            with open(path) as f:
+                doc = json.load(f)
         except FileNotFoundError:
             raise NotFound(f"container {container_id!r} does not exist") from None
         return ContainerState(**doc)
 
     def remove(self, container_id: str) -> None:
         path = self.path(container_id)
-        for child in path.iterdir() if path.exists() else ():
-            child.unlink()
-        if path.exists():
-            path.rmdir()
+        if not os.path.exists(path):
+            return
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
 
     def ids(self) -> list[str]:
-        if not self.root.is_dir():
+        if not os.path.isdir(self.root):
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "state.json").exists())
+        return sorted(name for name in os.listdir(self.root)
+                      if os.path.exists(os.path.join(self.root, name, "state.json")))
 
     def status(self, state: ContainerState) -> str:
         """created, running, paused or stopped: worked out from the init process."""
         if not self.alive(state):
             return "stopped"
-        if self.fifo(state.id).exists():
+        if os.path.exists(self.fifo(state.id)):
             return "created"
         if self.frozen(state):
             return "paused"
