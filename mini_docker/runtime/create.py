@@ -25,6 +25,7 @@ from mini_docker.runtime.sync import SyncPipe
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
 
 class CreateError(MiniDockerError):
@@ -56,13 +57,17 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
             stage1(ctx)  # never returns
         if console:
             console.close()
-        init_pid = _converse(ctx, spec, child)
         state = ContainerState(
-            id=container_id, bundle=bundle, rootfs=ctx.rootfs, pid=init_pid,
-            start_time=process_start_time(init_pid) or 0, created=now_rfc3339(),
-            owner=_owner(), oci_version=spec.oci_version, annotations=spec.annotations,
-            terminal=bool(spec.process and spec.process.terminal), cgroup_path=group_path)
-        states.save(state)
+            id=container_id, bundle=bundle, rootfs=ctx.rootfs, pid=0, start_time=0,
+            created=now_rfc3339(), owner=_owner(), oci_version=spec.oci_version,
+            annotations=spec.annotations, terminal=bool(spec.process and spec.process.terminal),
+            cgroup_path=group_path)
+
+        def save_state(pid: int) -> None:  # while the init builds the container, in parallel
+            state.pid, state.start_time = pid, process_start_time(pid) or 0
+            states.save(state)
+
+        init_pid = _converse(ctx, spec, child, save_state)
         if pid_file:
             _write_atomically(pid_file, f"{init_pid}")
         return state
@@ -100,8 +105,11 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
-def _converse(ctx: InitContext, spec: Spec, child: int) -> int:
-    """Answer the child until its init is ready; return the init's host pid."""
+def _converse(ctx: InitContext, spec: Spec, child: int, on_pid: Callable[[int], None]) -> int:
+    """Answer the child until its init is ready; return the init's host pid.
+
+    `on_pid` is called with that pid as soon as it is known, before the init is ready.
+    """
     sync = ctx.sync
     sync.parent_side()
     init_pid, ready = None, False
@@ -115,6 +123,7 @@ def _converse(ctx: InitContext, spec: Spec, child: int) -> int:
                 sync.go()
             elif kind == "pid":
                 init_pid = message["pid"]
+                on_pid(init_pid)
             elif kind == "ready":
                 ready = True
             elif kind == "error":
