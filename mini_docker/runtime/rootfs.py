@@ -257,9 +257,9 @@ def finish(spec: Spec) -> None:
 def mask(path: str) -> None:
     """Hide `path`: an empty read-only tmpfs over a directory, /dev/null over a file."""
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
+        if stat.S_ISDIR(os.lstat(path).st_mode):  # one stat: most of runc's list is absent
             mount("tmpfs", path, "tmpfs", C.MS_RDONLY, None)
-        else:
+        else:  # a file, or a symlink
             mount("/dev/null", path, None, C.MS_BIND)
     except FileNotFoundError:
         pass  # nothing there to hide
