@@ -2,7 +2,7 @@
 
 crun has two cgroup managers, cgroupfs and systemd, and the rest of crun
 cannot tell them apart: each is the same struct of functions. Our drivers
-follow that shape. `Cgroup` below is the struct: create, add, set, stats,
+follow that shape. `Cgroup` below is the struct: create, add, join, set, stats,
 freeze, kill, destroy. `V1Cgroup` (v1.py) spreads one group over a
 directory per controller; `V2Cgroup` (v2.py) keeps it in one directory of
 the unified tree. The engine holds a `Cgroup` and never asks which.
@@ -165,8 +165,7 @@ class Cgroup(ABC):
 
     @abstractmethod
     def join(self) -> None:
-        """Move the calling process into the group. It must have one thread only:
-        a child just forked, about to become a container's process."""
+        """Move the calling process (of a single thread: a child just forked) into the group."""
 
     @abstractmethod
     def stats(self) -> Stats:
