@@ -28,9 +28,8 @@ namespace where that cgroup2 mount is detached, so crun sees a plain v1 host;
 a second row shows what it costs to do that on every call (`unshare -m sh -c
 '...; exec crun ...'`). runc and mini-runc run in the host's own namespace.
 
-runc and crun put each container in cgroups of their own (a directory per
-controller, made and removed); mini-runc leaves cgroups to the layer above,
-so it does a little less work than they do.
+All of them put each container in cgroups of their own (a directory per
+controller, made and removed, with runc's default device rules).
 
 Then it shows where the command line's time goes: the bare interpreter's
 start, `mini-runc --version` (start, imports, argument parser, no container),
