@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import threading
 from pathlib import Path
 
@@ -380,33 +379,19 @@ def test_we_load_what_umoci_wrote(busybox_store, tmp_path):
 
 @pytest.fixture(scope="module")
 def dockerd():
-    """A private dockerd (own data root, exec root and socket), started and stopped with
-    tests/test_docker_interop.py's helpers; afterwards the host must be as it was."""
+    """A private dockerd (own data root, exec root and socket, from tests/docker_support.py);
+    afterwards the host must be as it was."""
     if os.geteuid() != 0:
         pytest.skip("dockerd needs root")
-    import test_docker_interop as interop
+    import docker_support
     from leaks import HostSnapshot
 
-    if interop.DOCKERD is None or interop.DOCKER_CLI is None:
-        pytest.skip("dockerd and the docker CLI are not installed "
-                    "(lab/host-setup.sh --test installs docker.io)")
+    reason = docker_support.missing()
+    if reason:
+        pytest.skip(reason)
     before = HostSnapshot()
-    cgroups_before = interop._docker_cgroups()
-    shim_dirs = [Path("/run/containerd/s"), Path("/run/containerd")]  # shim sockets live here
-    shim_dirs_before = {d for d in shim_dirs if d.exists()}
-    home = Path(tempfile.mkdtemp(prefix="mini-dockerd-image-"))
-    daemon = None
-    try:
-        daemon = interop._start_dockerd(home)
+    with docker_support.private_dockerd() as daemon:
         yield daemon
-    finally:
-        if daemon:
-            interop._stop_dockerd(daemon)
-        interop._unmount_under(home)
-        shutil.rmtree(home)
-        for cgroup in interop._docker_cgroups() - cgroups_before:
-            interop._remove_cgroup(cgroup)
-        interop._remove_if_empty(*(d for d in shim_dirs if d not in shim_dirs_before))
     leaks = HostSnapshot().leaked_since(before)
     assert not leaks, f"the private dockerd left these behind: {leaks}"
 

@@ -15,6 +15,7 @@ import hashlib
 import io
 import lzma
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -748,7 +749,8 @@ def test_no_descriptor_is_left_open(sandbox, hostile):
 @pytest.mark.parametrize("damage", ["truncated-gzip", "corrupt-gzip", "garbage",
                                     "truncated-tar", "empty"])
 def test_a_broken_archive_is_one_line(sandbox, damage):
-    data = tar_bytes(File("a", os.urandom(200_000)), File("b", b"b"))
+    # fixed bytes: the same damage every run (a chance header in random ones may parse)
+    data = tar_bytes(File("a", random.Random(2).randbytes(200_000)), File("b", b"b"))
     packed = gzip.compress(data)
     broken = {
         "truncated-gzip": packed[:len(packed) // 2],
