@@ -72,10 +72,17 @@ class Inside:
             except (TypeError, ValueError):
                 raise InvalidArgument(f"invalid tail value {tail!r}: a number or 'all'") from None
             count = None if count < 0 else count
+        def running() -> bool:
+            return self._is_running(record.Id)
+
+        def pause(seconds: float) -> None:  # a poll's wait, cut short by the container's exit
+            with self._changed:
+                self._changed.wait_for(lambda: not running(), timeout=seconds)
+
         return read_logs(record.LogPath, stdout=stdout, stderr=stderr,
                          since=parse_time(since) if since else None,
                          until=parse_time(until) if until else None, tail=count,
-                         follow=follow, is_running=lambda: self._is_running(record.Id))
+                         follow=follow, is_running=running, pause=pause)
 
     def exec_run(self, ref: str, cmd: str | Sequence[str], *, stdout: bool = True,
                  stderr: bool = True, stdin: bool = False, tty: bool = False,

@@ -203,7 +203,8 @@ def _date_and_time(seconds: int) -> str:
 def read_logs(path: str, *, stdout: bool = True, stderr: bool = True, since: float | None = None,
               until: float | None = None, tail: int | None = None, follow: bool = False,
               is_running: Callable[[], bool] | None = None,
-              poll: float = 0.05) -> Iterator[LogEntry]:
+              poll: float = 0.05,
+              pause: Callable[[float], object] = time.sleep) -> Iterator[LogEntry]:
     """The entries of the log at `path` and its rotated files, oldest first.
 
     since/until: unix times; entries outside [since, until] are left out.
@@ -211,6 +212,8 @@ def read_logs(path: str, *, stdout: bool = True, stderr: bool = True, since: flo
     follow: then wait for new entries, every `poll` seconds, until an entry
     comes after `until` or `is_running()` returns False and all is read
     (with no `is_running`, until the caller stops iterating).
+    pause: how to wait `poll` seconds; the engine passes one that also ends
+    at the container's exit, so that a follower notices it at once.
     """
     streams = {name for name, wanted in (("stdout", stdout), ("stderr", stderr)) if wanted}
 
@@ -240,7 +243,7 @@ def read_logs(path: str, *, stdout: bool = True, stderr: bool = True, since: flo
         if not running or (until is not None and time.time() > until and not new):
             return
         if not new:
-            time.sleep(poll)
+            pause(poll)
 
 
 class _LogReader:
