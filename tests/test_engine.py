@@ -544,3 +544,38 @@ def test_run_with_auto_remove_still_returns_the_output_and_stream_gives_lines(en
         engine.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 2"], auto_remove=True)
     assert err.value.stderr == b"bad\n"
     assert engine.list(all=True) == []
+
+
+def test_exec_instances_create_start_inspect_and_resize(engine):
+    c = engine.containers.run("busybox", LONG, detach=True)
+    since = time.time()
+    exec_id = engine.exec_create(c.id, ["sh", "-c", "echo hi; exit 3"])
+    before = engine.exec_inspect(exec_id)
+    assert (before["Running"], before["ExitCode"], before["ContainerID"]) == (False, None, c.id)
+    assert before["ProcessConfig"]["entrypoint"] == "sh"
+    stream = engine.exec_start(exec_id)
+    assert list(stream) == [("stdout", b"hi\n")]
+    after = engine.exec_inspect(exec_id)
+    assert (after["Running"], after["ExitCode"]) == (False, 3) and after["Pid"] > 0
+    with pytest.raises(Conflict, match="already been started"):
+        engine.exec_start(exec_id)
+    # detached: its exit code still arrives
+    quiet = engine.exec_create(c.id, ["sh", "-c", "sleep 0.2; exit 4"])
+    assert engine.exec_start(quiet, detach=True) is None
+    deadline = time.monotonic() + 10
+    while engine.exec_inspect(quiet)["ExitCode"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.exec_inspect(quiet)["ExitCode"] == 4
+    # a terminal resized by the exec's ID
+    sized = engine.exec_create(c.id, ["sh", "-c", "sleep 0.3; stty size"], tty=True)
+    stream = engine.exec_start(sized)
+    engine.exec_resize(sized, 40, 120)
+    assert b"".join(data for _, data in stream).strip() == b"40 120"
+    dies = [e["Actor"]["Attributes"]["exitCode"] for e in
+            engine.events.stream(since=since, until=time.time(), filters={"event": "exec_die"})]
+    assert dies == ["3", "4", "0"]
+    with pytest.raises(NotFound, match="No such exec instance"):
+        engine.exec_inspect("nosuch")
+    c.remove(force=True)
+    with pytest.raises(NotFound):
+        engine.exec_inspect(exec_id)  # gone with its container

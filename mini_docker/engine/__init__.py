@@ -5,6 +5,7 @@ This is what dockerd and containerd are in Docker, in one package:
     engine.py    the Engine: every container's state, and each change of it
     exits.py     exits recorded, restart policies, recovery after an engine restart
     inside.py    attach, logs, exec, top and stats of a running container
+    execs.py     exec instances: create, start, inspect, resize, as the Engine API splits them
     record.py    a container's record on disk, written atomically
     names.py     IDs, names, and resolving what the user typed
     config.py    docker run's options -> Config, HostConfig, the OCI spec

@@ -87,6 +87,7 @@ class Engine(Inside, Exits):
         self._backoff: dict[str, float] = {}
         # the last exit of removed containers, so that `run --rm` can still wait for one
         self._removed: dict[str, State] = {}
+        self._execs: dict[str, Any] = {}  # exec ID -> ExecInstance (execs.py)
         self._zygote = None
         self._monitor = Monitor(self._shim_exited, self._restart_due)
         self._closed = False
@@ -383,6 +384,8 @@ class Engine(Inside, Exits):
             del self._removed[next(iter(self._removed))]  # the oldest first
         self._exits.pop(record.Id, None)
         self._backoff.pop(record.Id, None)
+        for exec_id in [i for i, e in self._execs.items() if e.container_id == record.Id]:
+            del self._execs[exec_id]
         self._emit(record, "destroy")
         self._changed.notify_all()
 

@@ -84,37 +84,103 @@ class Inside:
                          until=parse_time(until) if until else None, tail=count,
                          follow=follow, is_running=running, pause=pause)
 
-    def exec_run(self, ref: str, cmd: str | Sequence[str], *, stdout: bool = True,
-                 stderr: bool = True, stdin: bool = False, tty: bool = False,
-                 user: str = "", detach: bool = False, environment: Any = None,
-                 workdir: str | None = None, privileged: bool = False):
-        """Start `cmd` in the running container; the session streams its output and exit code."""
+    def exec_create(self, ref: str, cmd: str | Sequence[str], *, stdout: bool = True,
+                    stderr: bool = True, stdin: bool = False, tty: bool = False,
+                    user: str = "", environment: Any = None, workdir: str | None = None,
+                    privileged: bool = False) -> str:
+        """POST /containers/{id}/exec: an exec instance for `cmd`; returns its ID.
+
+        user, environment, workdir: as `docker exec -u -e -w`, on top of the
+        container's own; privileged: every capability.
+        """
+        from mini_docker.engine import names
         from mini_docker.engine.config import as_list
         from mini_docker.engine.config import environment as env_list
-        from mini_docker.engine.shimclient import ShimClient
+        from mini_docker.engine.execs import ExecInstance
 
         with self._lock:
-            record = self.record(ref)
-            if record.State.Status == "paused":
-                raise Conflict(f"Container {record.Id} is paused, unpause the container before "
-                               "exec")
-            if record.State.Status != "running":
-                raise Conflict(f"Container {record.Id} is not running")
+            record = self._running_record(ref)
             args = as_list(cmd, "cmd")
             if not args:
                 raise InvalidArgument("No exec command specified")
             process = self._exec_process(record, args, user, env_list(environment), workdir,
                                          tty, privileged)
+            instance = ExecInstance(names.new_id(), record.Id, process, tty=tty, stdin=stdin,
+                                    stdout=stdout, stderr=stderr)
+            self._execs[instance.id] = instance
+            self._emit(record, f"exec_create: {' '.join(args)}", execID=instance.id)
+        return instance.id
+
+    def exec_start(self, exec_id: str, *, detach: bool = False):
+        """POST /exec/{id}/start: run it; an ExecStream of its output, or None if detached.
+
+        A detached exec's output is read and dropped here, so that its exit
+        code still reaches exec_inspect.
+        """
+        from mini_docker.engine.execs import ExecStream, drain
+        from mini_docker.engine.shimclient import ShimClient
+
+        with self._lock:
+            instance = self._exec_instance(exec_id)
+            with instance.lock:
+                if instance.started:
+                    raise Conflict(f"exec {exec_id} has already been started")
+                instance.started = True
+            record = self._running_record(instance.container_id)
             socket = self._shim_socket(record)
-            self._emit(record, f"exec_create: {' '.join(args)}")
         client = ShimClient(socket)
         try:
-            session = client.exec(process, tty=tty, stdin=stdin, detach=detach)
+            session = client.exec(instance.process, tty=instance.tty, stdin=instance.stdin)
         except BaseException:
             client.close()
             raise
-        self._emit(record, f"exec_start: {' '.join(args)}")
-        return client, session
+        instance.running, instance.pid = True, session.pid
+        command = " ".join(instance.process["args"])
+        self._emit(record, f"exec_start: {command}", execID=instance.id)
+
+        def ended(done) -> None:
+            self._emit(record, "exec_die", execID=done.id, exitCode=str(done.exit_code))
+
+        stream = instance.stream = ExecStream(instance, client, session, ended)
+        if detach:
+            drain(stream)
+            return None
+        return stream
+
+    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        """GET /exec/{id}/json: whether it runs, and its exit code once it has ended."""
+        with self._lock:
+            return self._exec_instance(exec_id).inspect()
+
+    def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        """POST /exec/{id}/resize: the size of the exec's terminal."""
+        with self._lock:
+            instance = self._exec_instance(exec_id)
+            if not instance.running:
+                raise Conflict(f"exec {exec_id} is not running")
+            if not instance.tty:
+                raise Conflict(f"exec {exec_id} has no terminal to resize")
+            stream = instance.stream
+        stream.resize(height, width)  # a control frame on the exec's own connection
+
+    def exec_run(self, ref: str, cmd: str | Sequence[str], *, detach: bool = False,
+                 **options: Any):
+        """exec_create and exec_start in one: the stream, or None when detached."""
+        return self.exec_start(self.exec_create(ref, cmd, **options), detach=detach)
+
+    def _exec_instance(self, exec_id: str):
+        instance = self._execs.get(exec_id)
+        if instance is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return instance
+
+    def _running_record(self, ref: str) -> ContainerRecord:
+        record = self.record(ref)
+        if record.State.Status == "paused":
+            raise Conflict(f"Container {record.Id} is paused, unpause the container before exec")
+        if record.State.Status != "running":
+            raise Conflict(f"Container {record.Id} is not running")
+        return record
 
     def top(self, ref: str, ps_args: str | None = None) -> dict[str, Any]:
         """`docker top`: the container's processes."""

@@ -148,33 +148,28 @@ class Container:
         stream: output as an iterator (exit_code stays None); demux: output as
         (stdout, stderr) instead of one interleaved bytes; detach: do not wait.
         """
-        client, session = self._engine.exec_run(
+        session = self._engine.exec_run(
             self.id, cmd, stdout=stdout, stderr=stderr, stdin=stdin, tty=tty, user=user,
             detach=detach, environment=environment, workdir=workdir, privileged=privileged)
         wanted = {"stdout"} if stdout else set()
         if stderr:
             wanted.add("stderr")
         if detach:
-            client.close()
             return ExecResult(None, b"")
         if stream:
             def chunks() -> Iterator[Any]:
-                try:
+                with session:
                     for kind, data in session:
                         if kind in wanted:
                             yield (data, None) if demux and kind == "stdout" else \
                                 (None, data) if demux else data
-                finally:
-                    client.close()
             return ExecResult(None, chunks())
         out, err, both = [], [], []
-        try:
+        with session:
             for kind, data in session:
                 if kind in wanted:
                     (out if kind == "stdout" else err).append(data)
                     both.append(data)
-        finally:
-            client.close()
         if demux:
             return ExecResult(session.exit_code, (b"".join(out) if stdout else None,
                                                   b"".join(err) if stderr else None))
