@@ -20,7 +20,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mini_docker.errors import InvalidArgument
-from mini_docker.image.container import container_spec, make_workdir, merge_env
+from mini_docker.image.container import (
+    checked_env,
+    container_spec,
+    make_workdir,
+    merge_env,
+)
 from mini_docker.image.oci import ImageConfig
 
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
@@ -54,12 +59,7 @@ def environment(value: Mapping[str, str] | Sequence[str] | None) -> list[str]:
         return []
     if isinstance(value, Mapping):
         return [f"{k}={v}" for k, v in value.items()]
-    if isinstance(value, str):
-        raise InvalidArgument("environment must be a dict or a list of NAME=value strings")
-    for entry in value:
-        if not isinstance(entry, str) or "=" not in entry or entry.startswith("="):
-            raise InvalidArgument(f"invalid environment variable {entry!r}: not NAME=value")
-    return list(value)
+    return checked_env(value)
 
 
 def restart_policy(value: Mapping[str, Any] | str | None) -> dict[str, Any]:

@@ -47,18 +47,15 @@ class ExecResult:
     output: Any
 
 
-class Container:
-    """A handle on one container."""
+class Model:
+    """A handle: an ID, and the attributes read when it was fetched (`attrs`)."""
 
     def __init__(self, engine: Engine, attrs: dict[str, Any]) -> None:
         self._engine = engine
         self.attrs = attrs
 
-    def __repr__(self) -> str:
-        return f"<Container: {self.short_id}>"
-
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Container) and other.id == self.id
+        return type(other) is type(self) and other.id == self.id
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -66,6 +63,13 @@ class Container:
     @property
     def id(self) -> str:
         return self.attrs["Id"]
+
+
+class Container(Model):
+    """A handle on one container."""
+
+    def __repr__(self) -> str:
+        return f"<Container: {self.short_id}>"
 
     @property
     def short_id(self) -> str:
@@ -272,25 +276,11 @@ class ContainerCollection:
         return self._engine.prune(filters)
 
 
-class Image:
+class Image(Model):
     """A handle on one image."""
-
-    def __init__(self, engine: Engine, attrs: dict[str, Any]) -> None:
-        self._engine = engine
-        self.attrs = attrs
 
     def __repr__(self) -> str:
         return f"<Image: {', '.join(repr(t) for t in self.tags) or self.short_id}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Image) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    @property
-    def id(self) -> str:
-        return self.attrs["Id"]
 
     @property
     def short_id(self) -> str:

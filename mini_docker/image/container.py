@@ -169,7 +169,7 @@ def container_spec(image: ImageConfig, rootfs: str | os.PathLike, *, container_i
     spec = default_spec(command(settings, cmd, entrypoint), terminal=False)
     process = spec["process"]
     process["env"] = merge_env([DEFAULT_PATH, f"HOSTNAME={hostname}"],
-                               settings.get("Env") or [], _checked_env(env))
+                               settings.get("Env") or [], checked_env(env))
     process["cwd"] = cwd
     process["user"] = {"uid": identity.uid, "gid": identity.gid,
                        **({"additionalGids": identity.additional_gids}
@@ -215,7 +215,8 @@ def merge_env(*layers: Sequence[str]) -> list[str]:
     return list(merged.values())
 
 
-def _checked_env(env: Sequence[str]) -> list[str]:
+def checked_env(env: Sequence[str]) -> list[str]:
+    """NAME=value entries, each checked: a bad one is a one-line error."""
     if isinstance(env, str):
         raise InvalidArgument("env must be a list of NAME=value strings")
     for entry in env:
