@@ -11,16 +11,20 @@ is created, so that a mistake is reported as one clear line ("process.args
 must be a non-empty list of strings") rather than as a failed system call deep
 inside the container's set-up. Fields this runtime does not implement are kept
 in `Spec.raw`, untouched, so nothing a caller wrote is lost.
+
+Records here are plain classes, not dataclasses: importing dataclasses costs
+the mini-runc command 5 ms of its ~30, and runc's speed is the target
+(mini_docker/records.py says more).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 
 from mini_docker.errors import InvalidArgument
 from mini_docker.kernel import constants as C
+from mini_docker.records import Record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
 if TYPE_CHECKING:
@@ -48,96 +52,136 @@ RLIMITS = {
 }
 
 
-@dataclass
-class User:
-    uid: int = 0
-    gid: int = 0
-    additional_gids: list[int] = field(default_factory=list)
-    umask: int | None = None
+# ruff: noqa: RUF023 - a record's __slots__ list its fields in their order, not sorted
 
 
-@dataclass
-class Capabilities:
-    bounding: list[str] = field(default_factory=list)
-    effective: list[str] = field(default_factory=list)
-    permitted: list[str] = field(default_factory=list)
-    inheritable: list[str] = field(default_factory=list)
-    ambient: list[str] = field(default_factory=list)
+class User(Record):
+    __slots__ = ("uid", "gid", "additional_gids", "umask")
+
+    def __init__(self, uid: int = 0, gid: int = 0, additional_gids: list[int] | None = None,
+                 umask: int | None = None) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.additional_gids = [] if additional_gids is None else additional_gids
+        self.umask = umask
 
 
-@dataclass
-class Rlimit:
-    type: str
-    soft: int
-    hard: int
+class Capabilities(Record):
+    __slots__ = ("bounding", "effective", "permitted", "inheritable", "ambient")
+
+    def __init__(self, bounding: list[str] | None = None, effective: list[str] | None = None,
+                 permitted: list[str] | None = None, inheritable: list[str] | None = None,
+                 ambient: list[str] | None = None) -> None:
+        self.bounding = [] if bounding is None else bounding
+        self.effective = [] if effective is None else effective
+        self.permitted = [] if permitted is None else permitted
+        self.inheritable = [] if inheritable is None else inheritable
+        self.ambient = [] if ambient is None else ambient
 
 
-@dataclass
-class Process:
+class Rlimit(Record):
+    __slots__ = ("type", "soft", "hard")
+
+    def __init__(self, type: str, soft: int, hard: int) -> None:
+        self.type = type
+        self.soft = soft
+        self.hard = hard
+
+
+class Process(Record):
     """What runs in the container, and as whom."""
 
-    args: list[str]
-    env: list[str] = field(default_factory=list)
-    cwd: str = "/"
-    user: User = field(default_factory=User)
-    terminal: bool = False
-    capabilities: Capabilities | None = None
-    no_new_privileges: bool = False
-    rlimits: list[Rlimit] = field(default_factory=list)
-    oom_score_adj: int | None = None
-    console_size: tuple[int, int] | None = None  # (height, width)
+    __slots__ = ("args", "env", "cwd", "user", "terminal", "capabilities", "no_new_privileges",
+                 "rlimits", "oom_score_adj", "console_size")
+
+    def __init__(self, args: list[str], env: list[str] | None = None, cwd: str = "/",
+                 user: User | None = None, terminal: bool = False,
+                 capabilities: Capabilities | None = None, no_new_privileges: bool = False,
+                 rlimits: list[Rlimit] | None = None, oom_score_adj: int | None = None,
+                 console_size: tuple[int, int] | None = None) -> None:
+        self.args = args
+        self.env = [] if env is None else env
+        self.cwd = cwd
+        self.user = User() if user is None else user
+        self.terminal = terminal
+        self.capabilities = capabilities
+        self.no_new_privileges = no_new_privileges
+        self.rlimits = [] if rlimits is None else rlimits
+        self.oom_score_adj = oom_score_adj
+        self.console_size = console_size  # (height, width)
 
 
-@dataclass
-class Mount:
-    destination: str
-    type: str | None = None
-    source: str | None = None
-    options: list[str] = field(default_factory=list)
+class Mount(Record):
+    __slots__ = ("destination", "type", "source", "options")
+
+    def __init__(self, destination: str, type: str | None = None, source: str | None = None,
+                 options: list[str] | None = None) -> None:
+        self.destination = destination
+        self.type = type
+        self.source = source
+        self.options = [] if options is None else options
 
 
-@dataclass
-class Namespace:
-    type: str
-    path: str | None = None  # join this existing namespace instead of making one
+class Namespace(Record):
+    __slots__ = ("type", "path")
+
+    def __init__(self, type: str, path: str | None = None) -> None:
+        self.type = type
+        self.path = path  # join this existing namespace instead of making one
 
 
-@dataclass
-class IDMapping:
-    container_id: int
-    host_id: int
-    size: int
+class IDMapping(Record):
+    __slots__ = ("container_id", "host_id", "size")
+
+    def __init__(self, container_id: int, host_id: int, size: int) -> None:
+        self.container_id = container_id
+        self.host_id = host_id
+        self.size = size
 
 
-@dataclass
-class Linux:
-    namespaces: list[Namespace] = field(default_factory=list)
-    uid_mappings: list[IDMapping] = field(default_factory=list)
-    gid_mappings: list[IDMapping] = field(default_factory=list)
-    masked_paths: list[str] = field(default_factory=list)
-    readonly_paths: list[str] = field(default_factory=list)
-    rootfs_propagation: str | None = None
-    sysctl: dict[str, str] = field(default_factory=dict)
-    cgroups_path: str | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
+class Linux(Record):
+    __slots__ = ("namespaces", "uid_mappings", "gid_mappings", "masked_paths", "readonly_paths",
+                 "rootfs_propagation", "sysctl", "cgroups_path", "resources")
+
+    def __init__(self, namespaces: list[Namespace] | None = None,
+                 uid_mappings: list[IDMapping] | None = None,
+                 gid_mappings: list[IDMapping] | None = None,
+                 masked_paths: list[str] | None = None, readonly_paths: list[str] | None = None,
+                 rootfs_propagation: str | None = None, sysctl: dict[str, str] | None = None,
+                 cgroups_path: str | None = None,
+                 resources: dict[str, Any] | None = None) -> None:
+        self.namespaces = [] if namespaces is None else namespaces
+        self.uid_mappings = [] if uid_mappings is None else uid_mappings
+        self.gid_mappings = [] if gid_mappings is None else gid_mappings
+        self.masked_paths = [] if masked_paths is None else masked_paths
+        self.readonly_paths = [] if readonly_paths is None else readonly_paths
+        self.rootfs_propagation = rootfs_propagation
+        self.sysctl = {} if sysctl is None else sysctl
+        self.cgroups_path = cgroups_path
+        self.resources = {} if resources is None else resources
 
     def namespace(self, kind: str) -> Namespace | None:
         return next((ns for ns in self.namespaces if ns.type == kind), None)
 
 
-@dataclass
-class Spec:
+class Spec(Record):
     """A parsed config.json. `raw` is the document as read."""
 
-    oci_version: str
-    process: Process | None
-    root_path: str
-    root_readonly: bool
-    hostname: str | None
-    mounts: list[Mount]
-    linux: Linux
-    annotations: dict[str, str]
-    raw: dict[str, Any]
+    __slots__ = ("oci_version", "process", "root_path", "root_readonly", "hostname", "mounts",
+                 "linux", "annotations", "raw")
+
+    def __init__(self, oci_version: str, process: Process | None, root_path: str,
+                 root_readonly: bool, hostname: str | None, mounts: list[Mount], linux: Linux,
+                 annotations: dict[str, str], raw: dict[str, Any]) -> None:
+        self.oci_version = oci_version
+        self.process = process
+        self.root_path = root_path
+        self.root_readonly = root_readonly
+        self.hostname = hostname
+        self.mounts = mounts
+        self.linux = linux
+        self.annotations = annotations
+        self.raw = raw
 
 
 # --- reading and checking --------------------------------------------------------
