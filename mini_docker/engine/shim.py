@@ -175,7 +175,7 @@ def warm_up() -> None:
     cgroup.open_group(cgroup.group_path(config, "warm-up")).exists()
     state = ContainerState(id="warm-up", bundle="/", rootfs="/", pid=os.getpid(),
                            start_time=process_start_time(os.getpid()) or 0, created=now_rfc3339())
-    json.loads(json.dumps(asdict(state)))
+    json.loads(json.dumps(state.to_dict()))
     StateDir("/nonexistent").status(state)  # what runtime.start asks first
     process_state_letter(os.getpid())
     pwd.getpwuid(os.geteuid())
