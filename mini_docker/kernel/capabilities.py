@@ -48,6 +48,10 @@ Two rules about this module's calls:
   older kernel) cannot be held here, so, as runc does, it is skipped, and
   `apply_process_capabilities` returns the skipped names for the caller to warn
   about.
+
+CapSets and Credentials are plain classes, not dataclasses: importing
+dataclasses costs the mini-runc command 5 ms of its ~30, and runc's speed is
+the target.
 """
 
 from __future__ import annotations
@@ -55,11 +59,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 
 from mini_docker.kernel import constants as C
 from mini_docker.kernel.syscalls import SyscallError, _check, _libc, prctl, syscall_error
+from mini_docker.records import Value
 
 # prctl(2) options that constants.py does not have, from <linux/prctl.h>.
 PR_CAP_AMBIENT_IS_SET = 1
@@ -135,19 +139,23 @@ DOCKER_DEFAULT_CAPS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, repr=False)
-class CapSets:
+class CapSets(Value):
     """The capability sets of one thread, as sets of names.
 
     `bounding` and `ambient` can only be read for the calling process (with
     prctl); for another process they are None (its /proc/PID/status shows them).
     """
 
-    effective: frozenset[str]
-    permitted: frozenset[str]
-    inheritable: frozenset[str]
-    bounding: frozenset[str] | None = None
-    ambient: frozenset[str] | None = None
+    __slots__ = ("effective", "permitted", "inheritable", "bounding", "ambient")  # noqa: RUF023
+
+    def __init__(self, effective: frozenset[str], permitted: frozenset[str],
+                 inheritable: frozenset[str], bounding: frozenset[str] | None = None,
+                 ambient: frozenset[str] | None = None) -> None:
+        self.effective = effective
+        self.permitted = permitted
+        self.inheritable = inheritable
+        self.bounding = bounding
+        self.ambient = ambient
 
     def __repr__(self) -> str:
         # Sets print in a random order; by number they print the same every run.
@@ -156,13 +164,15 @@ class CapSets:
         return f"CapSets({shown})"
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(Value):
     """Who a process becomes: a uid, a primary gid and supplementary gids."""
 
-    uid: int
-    gid: int
-    additional_gids: tuple[int, ...] = ()
+    __slots__ = ("uid", "gid", "additional_gids")  # noqa: RUF023
+
+    def __init__(self, uid: int, gid: int, additional_gids: tuple[int, ...] = ()) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.additional_gids = additional_gids
 
 
 # --- names, numbers and masks ------------------------------------------------------------
