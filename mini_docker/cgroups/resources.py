@@ -12,15 +12,18 @@ made and no half-configured group is ever left behind.
 Each field is None when the request leaves that limit alone; -1 means
 "no limit" where the OCI specification says so (memory, swap, CPU quota,
 pids). The drivers (v1.py, v2.py) turn these fields into writes to files.
+
+Records here are plain classes, not dataclasses: importing dataclasses costs
+the mini-runc command 5 ms of its ~30, and runc's speed is the target.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
 
 from mini_docker.errors import InvalidArgument
+from mini_docker.records import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without the cost of importing typing
 if TYPE_CHECKING:
@@ -98,21 +101,25 @@ def _ranges(numbers: list[int]) -> str:
     return ",".join(str(n) for n in numbers)
 
 
-@dataclass(frozen=True)
-class DeviceRule:
+# ruff: noqa: RUF023 - a record's __slots__ list its fields in their order, not sorted
+
+
+class DeviceRule(Value):
     """One entry of the device access list (OCI linux.resources.devices).
 
     type: "a" (all), "c" (character) or "b" (block); major, minor: None is
     every number ("*"); access: a subset of "rwm" (read, write, mknod).
     """
 
-    allow: bool
-    type: str = "a"
-    major: int | None = None
-    minor: int | None = None
-    access: str = "rwm"
+    __slots__ = ("allow", "type", "major", "minor", "access")
 
-    def __post_init__(self) -> None:
+    def __init__(self, allow: bool, type: str = "a", major: int | None = None,
+                 minor: int | None = None, access: str = "rwm") -> None:
+        self.allow = allow
+        self.type = type
+        self.major = major
+        self.minor = minor
+        self.access = access
         if self.type not in ("a", "b", "c"):
             raise InvalidArgument(f"invalid device type '{self.type}': use a, b or c")
         if not self.access or set(self.access) - set("rwm"):
@@ -128,44 +135,62 @@ class DeviceRule:
         return f"{self.type} {number(self.major)}:{number(self.minor)} {self.access}"
 
 
-@dataclass(frozen=True)
-class ThrottleDevice:
+class ThrottleDevice(Value):
     """A rate limit on one block device (OCI blockIO.throttle*Device): bytes or I/Os a second."""
 
-    major: int
-    minor: int
-    rate: int
+    __slots__ = ("major", "minor", "rate")
 
-    def __post_init__(self) -> None:
+    def __init__(self, major: int, minor: int, rate: int) -> None:
+        self.major = major
+        self.minor = minor
+        self.rate = rate
         if min(self.major, self.minor, self.rate) < 0:
             raise InvalidArgument(f"invalid throttle {self.major}:{self.minor} {self.rate}")
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(Value):
     """Limits for one cgroup, the fields of OCI linux.resources; None leaves one alone."""
 
-    memory: int | None = None  # bytes, -1 for none (memory.limit)
-    memory_reservation: int | None = None  # bytes: a soft floor/target (memory.reservation)
-    memory_swap: int | None = None  # memory + swap in bytes, -1 for none (memory.swap)
-    cpu_shares: int | None = None  # relative weight, 1024 is the default (cpu.shares)
-    cpu_quota: int | None = None  # µs of CPU time per period, -1 for none (cpu.quota)
-    cpu_period: int | None = None  # µs (cpu.period)
-    cpus: float | None = None  # docker's --cpus: a quota over the default period
-    cpuset_cpus: str | None = None  # "0-1" (cpu.cpus)
-    cpuset_mems: str | None = None  # NUMA nodes, "0" (cpu.mems)
-    pids_limit: int | None = None  # tasks, -1 for none (pids.limit)
-    blkio_weight: int | None = None  # 10-1000 (blockIO.weight)
-    throttle_read_bps: tuple[ThrottleDevice, ...] = ()
-    throttle_write_bps: tuple[ThrottleDevice, ...] = ()
-    throttle_read_iops: tuple[ThrottleDevice, ...] = ()
-    throttle_write_iops: tuple[ThrottleDevice, ...] = ()
-    devices: tuple[DeviceRule, ...] = ()
+    __slots__ = ("memory", "memory_reservation", "memory_swap", "cpu_shares", "cpu_quota",
+                 "cpu_period", "cpus", "cpuset_cpus", "cpuset_mems", "pids_limit", "blkio_weight",
+                 "throttle_read_bps", "throttle_write_bps", "throttle_read_iops",
+                 "throttle_write_iops", "devices")
 
-    def __post_init__(self) -> None:
-        for name in ("devices", "throttle_read_bps", "throttle_write_bps",
-                     "throttle_read_iops", "throttle_write_iops"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+    def __init__(
+        self,
+        memory: int | None = None,  # bytes, -1 for none (memory.limit)
+        memory_reservation: int | None = None,  # bytes: a soft floor/target (memory.reservation)
+        memory_swap: int | None = None,  # memory + swap in bytes, -1 for none (memory.swap)
+        cpu_shares: int | None = None,  # relative weight, 1024 is the default (cpu.shares)
+        cpu_quota: int | None = None,  # µs of CPU time per period, -1 for none (cpu.quota)
+        cpu_period: int | None = None,  # µs (cpu.period)
+        cpus: float | None = None,  # docker's --cpus: a quota over the default period
+        cpuset_cpus: str | None = None,  # "0-1" (cpu.cpus)
+        cpuset_mems: str | None = None,  # NUMA nodes, "0" (cpu.mems)
+        pids_limit: int | None = None,  # tasks, -1 for none (pids.limit)
+        blkio_weight: int | None = None,  # 10-1000 (blockIO.weight)
+        throttle_read_bps: tuple[ThrottleDevice, ...] = (),
+        throttle_write_bps: tuple[ThrottleDevice, ...] = (),
+        throttle_read_iops: tuple[ThrottleDevice, ...] = (),
+        throttle_write_iops: tuple[ThrottleDevice, ...] = (),
+        devices: tuple[DeviceRule, ...] = (),
+    ) -> None:
+        self.memory = memory
+        self.memory_reservation = memory_reservation
+        self.memory_swap = memory_swap
+        self.cpu_shares = cpu_shares
+        self.cpu_quota = cpu_quota
+        self.cpu_period = cpu_period
+        self.cpus = cpus
+        self.cpuset_cpus = cpuset_cpus
+        self.cpuset_mems = cpuset_mems
+        self.pids_limit = pids_limit
+        self.blkio_weight = blkio_weight
+        self.throttle_read_bps = tuple(throttle_read_bps)
+        self.throttle_write_bps = tuple(throttle_write_bps)
+        self.throttle_read_iops = tuple(throttle_read_iops)
+        self.throttle_write_iops = tuple(throttle_write_iops)
+        self.devices = tuple(devices)
         self._check_memory()
         self._check_cpu()
         if self.pids_limit is not None:
@@ -229,7 +254,7 @@ class Resources:
         return {k: getattr(self, f"throttle_{k}") for k in kinds if getattr(self, f"throttle_{k}")}
 
     def is_empty(self) -> bool:
-        return all(getattr(self, f.name) in (None, ()) for f in fields(self))
+        return all(getattr(self, name) in (None, ()) for name in self.__slots__)
 
     @classmethod
     def from_oci(cls, doc: dict[str, Any]) -> "Resources":

@@ -7,59 +7,92 @@ lines ("anon 1234"), and nested keyed lines ("8:0 rbytes=10 wbytes=0").
 cgroup v1 uses the same shapes under other file names. The parsers here
 read those shapes; each driver knows which file holds which number and
 fills one `Stats` record, so the layer above never sees the difference.
+
+Records here are plain classes, not dataclasses: importing dataclasses costs
+the mini-runc command 5 ms of its ~30, and runc's speed is the target.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from mini_docker.records import Value
 
 # A v1 "no limit" reads as the largest page-aligned 64-bit number, not as "max".
 UNLIMITED = 1 << 62
 
 
-@dataclass(frozen=True)
-class Stats:
+# ruff: noqa: RUF023 - a record's __slots__ list its fields in their order, not sorted
+
+
+class Stats(Value):
     """One reading of a cgroup's accounts; None where this host does not keep the number.
 
     Memory in bytes, CPU time in nanoseconds, I/O in bytes, all since the
     group was made (max_usage: the highest usage seen).
     """
 
-    memory_usage: int | None = None
-    memory_limit: int | None = None  # None: no limit
-    memory_max_usage: int | None = None
-    memory_cache: int | None = None  # page cache: v1 "cache", v2 "file"
-    memory_anon: int | None = None  # v1 "rss", v2 "anon"
-    oom_kills: int | None = None
-    cpu_usage_ns: int | None = None
-    cpu_user_ns: int | None = None
-    cpu_system_ns: int | None = None
-    cpu_periods: int | None = None  # CFS periods in which the group could run
-    cpu_throttled_periods: int | None = None  # periods in which it ran out of quota
-    cpu_throttled_ns: int | None = None
-    pids_current: int | None = None
-    pids_limit: int | None = None  # None: no limit
-    io_read_bytes: int | None = None
-    io_write_bytes: int | None = None
+    __slots__ = ("memory_usage", "memory_limit", "memory_max_usage", "memory_cache",
+                 "memory_anon", "oom_kills", "cpu_usage_ns", "cpu_user_ns", "cpu_system_ns",
+                 "cpu_periods", "cpu_throttled_periods", "cpu_throttled_ns", "pids_current",
+                 "pids_limit", "io_read_bytes", "io_write_bytes")
+
+    def __init__(
+        self,
+        memory_usage: int | None = None,
+        memory_limit: int | None = None,  # None: no limit
+        memory_max_usage: int | None = None,
+        memory_cache: int | None = None,  # page cache: v1 "cache", v2 "file"
+        memory_anon: int | None = None,  # v1 "rss", v2 "anon"
+        oom_kills: int | None = None,
+        cpu_usage_ns: int | None = None,
+        cpu_user_ns: int | None = None,
+        cpu_system_ns: int | None = None,
+        cpu_periods: int | None = None,  # CFS periods in which the group could run
+        cpu_throttled_periods: int | None = None,  # periods in which it ran out of quota
+        cpu_throttled_ns: int | None = None,
+        pids_current: int | None = None,
+        pids_limit: int | None = None,  # None: no limit
+        io_read_bytes: int | None = None,
+        io_write_bytes: int | None = None,
+    ) -> None:
+        self.memory_usage = memory_usage
+        self.memory_limit = memory_limit
+        self.memory_max_usage = memory_max_usage
+        self.memory_cache = memory_cache
+        self.memory_anon = memory_anon
+        self.oom_kills = oom_kills
+        self.cpu_usage_ns = cpu_usage_ns
+        self.cpu_user_ns = cpu_user_ns
+        self.cpu_system_ns = cpu_system_ns
+        self.cpu_periods = cpu_periods
+        self.cpu_throttled_periods = cpu_throttled_periods
+        self.cpu_throttled_ns = cpu_throttled_ns
+        self.pids_current = pids_current
+        self.pids_limit = pids_limit
+        self.io_read_bytes = io_read_bytes
+        self.io_write_bytes = io_write_bytes
 
 
-@dataclass(frozen=True)
-class PressureLine:
+class PressureLine(Value):
     """Pressure stall information: the share of time tasks waited (percent, over
     10, 60 and 300 seconds) and the total time waited in µs."""
 
-    avg10: float
-    avg60: float
-    avg300: float
-    total_us: int
+    __slots__ = ("avg10", "avg60", "avg300", "total_us")
+
+    def __init__(self, avg10: float, avg60: float, avg300: float, total_us: int) -> None:
+        self.avg10 = avg10
+        self.avg60 = avg60
+        self.avg300 = avg300
+        self.total_us = total_us
 
 
-@dataclass(frozen=True)
-class Pressure:
+class Pressure(Value):
     """A <resource>.pressure file: "some" task was stalled, or "full": all were."""
 
-    some: PressureLine
-    full: PressureLine | None
+    __slots__ = ("some", "full")
+
+    def __init__(self, some: PressureLine, full: PressureLine | None) -> None:
+        self.some = some
+        self.full = full
 
 
 def read_text(path: str) -> str | None:
