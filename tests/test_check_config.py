@@ -15,7 +15,6 @@ import shutil
 import struct
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -256,7 +255,7 @@ def test_json_output_is_the_structured_result() -> None:
     data = json.loads(result.stdout)
     report = run_checks()
     assert data["ok"] == report.ok and result.returncode == (0 if report.ok else 1)
-    assert data["cgroups"] == json.loads(json.dumps(asdict(report.cgroups)))
+    assert data["cgroups"] == json.loads(json.dumps(report.cgroups.to_dict()))
     for check in report.checks:
         assert data["sections"][check.section][check.name]["status"] == check.status
     assert data["sections"]["cgroups"]["memory"]["status"] == "ok"

@@ -9,7 +9,7 @@ verdicts up.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -73,4 +73,4 @@ class HostReport:
         return {"ok": self.ok, "summary": self.summary(),
                 "missing": [f"{c.section}/{c.name}" for c in self.missing],
                 "warnings": [f"{c.section}/{c.name}" for c in self.warnings],
-                "cgroups": asdict(self.cgroups), "sections": sections}
+                "cgroups": self.cgroups.to_dict(), "sections": sections}
