@@ -14,7 +14,7 @@ Each field is None when the request leaves that limit alone; -1 means
 pids). The drivers (v1.py, v2.py) turn these fields into writes to files.
 
 Records here are plain classes, not dataclasses: importing dataclasses costs
-the mini-runc command 5 ms of its ~30, and runc's speed is the target.
+the mini-runc command 7 ms of its ~30, and runc's speed is the target.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ inside the container's set-up. Fields this runtime does not implement are kept
 in `Spec.raw`, untouched, so nothing a caller wrote is lost.
 
 Records here are plain classes, not dataclasses: importing dataclasses costs
-the mini-runc command 5 ms of its ~30, and runc's speed is the target
+the mini-runc command 7 ms of its ~30, and runc's speed is the target
 (mini_docker/records.py says more).
 """
 
