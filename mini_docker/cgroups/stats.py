@@ -14,6 +14,8 @@ the mini-runc command 7 ms of its ~30, and runc's speed is the target.
 
 from __future__ import annotations
 
+import errno
+
 from mini_docker.records import Value
 
 # A v1 "no limit" reads as the largest page-aligned 64-bit number, not as "max".
@@ -96,12 +98,20 @@ class Pressure(Value):
 
 
 def read_text(path: str) -> str | None:
-    """A cgroup file's text, or None if it does not exist (a controller not enabled)."""
+    """A cgroup file's text, or None if it does not exist (a controller not enabled).
+
+    A group being removed at that moment also counts as absent: the kernel
+    answers a read of a file in a group it is tearing down with ENODEV.
+    """
     try:
         with open(path) as f:
             return f.read()
     except FileNotFoundError:
         return None
+    except OSError as err:
+        if err.errno == errno.ENODEV:
+            return None
+        raise
 
 
 def single_value(text: str | None) -> int | None:
