@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import pytest
 from fake_cgroup2 import FakeCgroup2
+from test_cgroups import groups  # noqa: F401 (the fixture that makes and destroys groups)
 
 from mini_docker import cgroups
 from mini_docker.cgroups import Cgroup, CgroupError, Resources, V2Cgroup
@@ -37,19 +38,6 @@ needs_cgroups = pytest.mark.skipif(not HAS_CGROUPS, reason="needs a cgroup hiera
 GATE = "import sys; sys.stdin.buffer.read(1)\n"
 BUSY = GATE + "ballast = b'x' * (16 << 20)\nwhile True:\n    pass\n"
 SLEEP = GATE + "import time\ntime.sleep(60)\n"
-
-
-@pytest.fixture
-def groups() -> Callable[..., Cgroup]:
-    made: list[Cgroup] = []
-
-    def make(resources: Resources | None = None) -> Cgroup:
-        group = cgroups.create(f"mini-docker-test-{os.getpid()}-{len(made)}/c", resources)
-        made.append(group)
-        return group
-    yield make
-    for group in made:
-        group.destroy()
 
 
 @pytest.fixture
