@@ -258,14 +258,7 @@ class Shim(ShimServer):
         try:
             stdio = [self.null] * 3
             if not spec.tty:
-                if spec.open_stdin:
-                    stdio[0], write_end = os.pipe()
-                    theirs.append(stdio[0])
-                    self.stdin = Sink(self.selector, write_end)
-                for target, stream in ((1, "stdout"), (2, "stderr")):
-                    read_end, stdio[target] = os.pipe()
-                    theirs.append(stdio[target])
-                    self.outputs[read_end] = stream
+                self.stdin = self._pipes(stdio, theirs, self.outputs, stdin=spec.open_stdin)
             with self._as_stdio(stdio):
                 self.state = create(spec.container_id, spec.bundle, root=spec.runtime_root,
                                     console_socket=console.path if console else None)

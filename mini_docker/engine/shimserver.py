@@ -284,6 +284,21 @@ class ShimServer:
         if conn.mode == "attach" and conn.stdin and self.spec.stdin_once and self.stdin:
             self.stdin.close()
 
+    def _pipes(self, stdio: list[int], theirs: list[int], outputs: dict[int, str], *,
+               stdin: bool) -> Sink | None:
+        """Pipes for a process's stdio: its ends go in `stdio` (0-2) and `theirs` (to close
+        once it has them), ours in `outputs` (read end -> stream); the Sink of its stdin."""
+        sink = None
+        if stdin:
+            stdio[0], write_end = os.pipe()
+            theirs.append(stdio[0])
+            sink = Sink(self.selector, write_end)
+        for target, stream in ((1, "stdout"), (2, "stderr")):
+            read_end, stdio[target] = os.pipe()
+            theirs.append(stdio[target])
+            outputs[read_end] = stream
+        return sink
+
     # -- exec --
 
     def _spawn_exec(self, doc: dict, *, tty: bool, stdin: bool, detach: bool) -> ExecProcess:
@@ -298,14 +313,7 @@ class ShimServer:
             if tty:
                 mine, console = socket.socketpair()
             elif not detach:
-                if stdin:
-                    stdio[0], write_end = os.pipe()
-                    theirs.append(stdio[0])
-                    session.stdin = Sink(self.selector, write_end)
-                for target, stream in ((1, "stdout"), (2, "stderr")):
-                    read_end, stdio[target] = os.pipe()
-                    theirs.append(stdio[target])
-                    session.outputs[read_end] = stream
+                session.stdin = self._pipes(stdio, theirs, session.outputs, stdin=stdin)
             with self._as_stdio(stdio):
                 exec_in(self.spec.container_id, process, root=self.spec.runtime_root,
                         detach=True, pid_file=pid_file, console=console.fileno() if console else None)
