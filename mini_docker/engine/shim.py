@@ -82,6 +82,7 @@ from mini_docker.runtime import spec as oci
 from mini_docker.runtime.console import ConsoleListener
 from mini_docker.runtime.create import create
 from mini_docker.runtime.delete import delete
+from mini_docker.runtime.prepared import PreparedInit
 from mini_docker.runtime.state import (
     ContainerState,
     StateDir,
@@ -191,9 +192,11 @@ def warm_up() -> None:
         sock.close()
 
 
-def main(spec: ShimSpec, ready: int) -> NoReturn:
+def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None) -> NoReturn:
     """The shim process, from its fork to its exit; reports on `ready`, one JSON line each:
-    {"pid": n} at once, then {"init_pid": n, "socket": name} or {"error": ..., "kind": ...}."""
+    {"pid": n} at once, then {"init_pid": n, "socket": name} or {"error": ..., "kind": ...}.
+
+    `prepared`: the container's init, made in advance by a spare shim (zygote.py)."""
     status = 1
     try:
         name_process("mini-shim")
@@ -201,12 +204,14 @@ def main(spec: ShimSpec, ready: int) -> NoReturn:
         _report(ready, {"pid": os.getpid()})
         shim = Shim(spec)
         try:
-            shim.create()
+            shim.create(prepared)
             shim.write_record()
             _report(ready, {"init_pid": shim.state.pid, "socket": shim.socket_name})
         except BaseException as err:
             with suppress(OSError):
                 _report(ready, error_message(err))
+            if prepared is not None:
+                prepared.discard()  # unless create used it up
             shim.abandon()
             raise
         os.close(ready)
@@ -242,7 +247,7 @@ class Shim(ShimServer):
 
     # -- birth --
 
-    def create(self) -> None:
+    def create(self, prepared: PreparedInit | None = None) -> None:
         """Listen, then runtime.create with our stdio ends as the container's fds 0-2."""
         spec = self.spec
         os.makedirs(spec.state_dir, exist_ok=True)
@@ -261,7 +266,8 @@ class Shim(ShimServer):
                 self.stdin = self._pipes(stdio, theirs, self.outputs, stdin=spec.open_stdin)
             with self._as_stdio(stdio):
                 self.state = create(spec.container_id, spec.bundle, root=spec.runtime_root,
-                                    console_socket=console.path if console else None)
+                                    console_socket=console.path if console else None,
+                                    prepared=prepared)
             if console:
                 self.master = console.receive()
                 self.outputs[self.master] = "stdout"

@@ -254,20 +254,29 @@ class _Spare:
 
 
 def _wait_for_work(sock: socket.socket) -> NoReturn:
-    """The spare: warm up, wait for a ShimSpec and a pipe to report on, become the shim."""
-    status = 1
+    """The spare: warm up, prepare the next container's init, wait for a ShimSpec and a
+    pipe to report on, become the shim."""
+    status, prepared = 1, None
     try:
         from mini_docker.engine import shim
+        from mini_docker.kernel import constants as C
+        from mini_docker.kernel import prctl
+        from mini_docker.runtime.prepared import PreparedInit
 
         with suppress(Exception):  # only ever a matter of speed
             shim.warm_up()
+        prctl(C.PR_SET_CHILD_SUBREAPER, 1)  # the prepared init's parent, once stage 1 exits
+        with suppress(Exception):  # without it, create forks as usual
+            prepared = PreparedInit()
         message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 1)
         if message and fds:
             sock.close()
             os.set_inheritable(fds[0], False)
-            shim.main(ShimSpec(**json.loads(message)), fds[0])  # never returns
+            shim.main(ShimSpec(**json.loads(message)), fds[0], prepared)  # never returns
         status = 0  # dismissed
     finally:
+        if prepared is not None:
+            prepared.discard()
         os._exit(status)
 
 

@@ -19,7 +19,7 @@ for _module, _names in {
     "process": ["ChildError", "exit_status", "fork", "make_mounts_private", "mount_proc",
                 "reap_children", "run_isolated"],
     "syscalls": ["SyscallError", "flag_names", "mount", "pivot_root", "prctl", "sethostname",
-                 "setns", "syscall_error", "umount2", "unshare"],
+                 "setns", "syscall_error", "umount2", "unshare", "open_tree", "move_mount"],
     "capabilities": ["CAPABILITIES", "DOCKER_DEFAULT_CAPS", "CapSets", "Credentials",
                      "apply_process_capabilities", "cap_number", "capget", "capset",
                      "change_user", "drop_bounding", "from_mask", "keep_caps_across_setuid",

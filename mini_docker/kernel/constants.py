@@ -74,3 +74,11 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # System call numbers for the calls glibc does not wrap, per architecture.
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+# The newer mount API (Linux 5.2): numbered alike on every architecture, from 424 on.
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 0x1  # a copy of the mount, not the mount itself
+OPEN_TREE_CLOEXEC = 0o2000000  # O_CLOEXEC
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000  # the mounts below it too, as MS_REC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4  # the source is the descriptor itself

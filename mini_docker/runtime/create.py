@@ -1,7 +1,8 @@
 """`create`: make the container, up to its init blocked before the user's program.
 
 The runtime's side of the exchange described in init.py: reserve the id, make
-the FIFO, fork, answer the child's requests, and once the init reports ready,
+the FIFO, fork (or hand the container to an init prepared in advance, see
+prepared.py), answer the child's requests, and once the init reports ready,
 write the state and the pid file. If anything fails, everything made so far
 is undone: the init killed, the state directory removed. (The container's
 mounts live in its own mount namespace and vanish with its last process.)
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
+    from mini_docker.runtime.prepared import PreparedInit
+
 
 class CreateError(MiniDockerError):
     """The container could not be created; the message is the child's reason."""
@@ -34,15 +37,27 @@ class CreateError(MiniDockerError):
 
 def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathLike | None = None,
            pid_file: str | None = None, console_socket: str | None = None,
-           preserve_fds: int = 0) -> ContainerState:
-    """Create container `container_id` from `bundle`; return its state ("created")."""
+           preserve_fds: int = 0, prepared: PreparedInit | None = None) -> ContainerState:
+    """Create container `container_id` from `bundle`; return its state ("created").
+
+    `prepared`: an init made in advance, used if it fits the config and
+    discarded if not; either way it is used up.
+    """
     bundle = os.path.abspath(bundle)
-    spec = oci.load(bundle)
-    _check(spec, console_socket)
-    limits = cgroup.resources(spec)  # checked before anything exists
-    group_path = cgroup.group_path(spec, container_id)
-    states = StateDir(root) if root else StateDir()
-    directory = states.reserve(container_id)
+    try:
+        spec = oci.load(bundle)
+        _check(spec, console_socket)
+        limits = cgroup.resources(spec)  # checked before anything exists
+        group_path = cgroup.group_path(spec, container_id)
+        states = StateDir(root) if root else StateDir()
+        directory = states.reserve(container_id)
+    except BaseException:
+        if prepared is not None:
+            prepared.discard()
+        raise
+    if prepared is not None and not prepared.fits(spec, preserve_fds):
+        prepared.discard()
+        prepared = None
     init_pid, child, group = None, None, None
     try:
         fifo = os.path.join(directory, "exec.fifo")
@@ -50,11 +65,16 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
         console = _connect(console_socket) if console_socket else None
         group = cgroup.make(group_path, limits)
         ctx = InitContext(spec=spec, bundle=bundle, rootfs=oci.root_path(spec, bundle),
-                          fifo=fifo, sync=SyncPipe.open(), preserve_fds=preserve_fds,
+                          fifo=fifo, sync=prepared.sync if prepared else SyncPipe.open(),
+                          preserve_fds=preserve_fds,
                           console=console.fileno() if console else None, cgroup=group)
-        child = fork()
-        if child == 0:
-            stage1(ctx)  # never returns
+        if prepared is None:
+            child = fork()
+            if child == 0:
+                stage1(ctx)  # never returns
+        else:
+            child = prepared.stage1
+            prepared.hand_over(ctx, (0, 1, 2))  # our stdio is the container's
         if console:
             console.close()
         state = ContainerState(
@@ -72,6 +92,8 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
             _write_atomically(pid_file, f"{init_pid}")
         return state
     except BaseException:
+        if prepared is not None and child is None:
+            prepared.discard()
         for pid in (init_pid, child):
             if pid:
                 _kill_quietly(pid)
@@ -139,7 +161,10 @@ def _converse(ctx: InitContext, spec: Spec, child: int, on_pid: Callable[[int], 
     finally:
         sync.close_parent()
         if child != init_pid:
-            os.waitpid(child, 0)  # stage 1 has done its part
+            try:
+                os.waitpid(child, 0)  # stage 1 has done its part
+            except ChildProcessError:
+                pass  # reaped already, by a caller's loop that reaps every child
     assert init_pid is not None
     return init_pid
 

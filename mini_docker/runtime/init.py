@@ -58,19 +58,22 @@ class InitContext(Record):
     """Everything the forked side needs, decided by the runtime before fork."""
 
     __slots__ = ("spec", "bundle", "rootfs", "fifo", "sync", "console", "cgroup",  # noqa: RUF023
-                 "preserve_fds")
+                 "preserve_fds", "propagated", "bind_trees")
 
-    def __init__(self, spec: Spec, bundle: str, rootfs: str, fifo: str, sync: SyncPipe,
+    def __init__(self, spec: Spec, bundle: str, rootfs: str, fifo: str | int, sync: SyncPipe,
                  console: int | None = None, cgroup: Cgroup | None = None,
-                 preserve_fds: int = 0) -> None:
+                 preserve_fds: int = 0, propagated: bool = False,
+                 bind_trees: list[int] | None = None) -> None:
         self.spec = spec
         self.bundle = bundle
         self.rootfs = rootfs
-        self.fifo = fifo
+        self.fifo = fifo  # its path, or an O_PATH descriptor of it
         self.sync = sync
         self.console = console  # a connected socket to send the pty master over
         self.cgroup = cgroup  # made by the runtime; stage 1 joins it first of all
         self.preserve_fds = preserve_fds
+        self.propagated = propagated  # every mount made private already (a prepared init)
+        self.bind_trees = bind_trees  # the bind mounts' sources, from open_tree (a prepared init)
 
 
 def new_namespace_flags(spec: Spec) -> int:
@@ -112,7 +115,7 @@ def stage1(ctx: InitContext) -> None:
             ctx.sync.send("pid", pid=os.getpid())
             run_init(ctx)
     except BaseException as err:
-        _report_failure(ctx, err)
+        report_failure(ctx.sync, err)
     os._exit(status)
 
 
@@ -123,10 +126,12 @@ def run_init(ctx: InitContext) -> None:
     try:
         os.setsid()
         # The FIFO lives on the host; keep a handle on it across pivot_root.
-        fifo = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
+        fifo = ctx.fifo if isinstance(ctx.fifo, int) else os.open(ctx.fifo,
+                                                                  os.O_PATH | os.O_CLOEXEC)
         if spec.linux.namespace("mount") is None:
             raise ValueError("this runtime needs a mount namespace (linux.namespaces: mount)")
-        rootfs_setup.prepare(spec, ctx.rootfs, ctx.bundle)
+        rootfs_setup.prepare(spec, ctx.rootfs, ctx.bundle, propagated=ctx.propagated,
+                             bind_trees=ctx.bind_trees)
         rootfs_setup.enter(ctx.rootfs)
         if spec.hostname:
             if spec.linux.namespace("uts") is None:
@@ -154,7 +159,7 @@ def run_init(ctx: InitContext) -> None:
         exec_process(process, ctx.preserve_fds, executable)
     except BaseException as err:
         if not ready:
-            _report_failure(ctx, err)
+            report_failure(ctx.sync, err)
             os._exit(1)
         code = 127 if isinstance(err, (FileNotFoundError, ValueError)) else 126
         try:
@@ -208,9 +213,10 @@ def _describe(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _report_failure(ctx: InitContext, err: BaseException) -> None:
+def report_failure(sync: SyncPipe, err: BaseException) -> None:
+    """Tell the runtime why set-up failed (unless it has stopped listening)."""
     try:
-        ctx.sync.send("error", message=_describe(err), errno=getattr(err, "errno", None))
+        sync.send("error", message=_describe(err), errno=getattr(err, "errno", None))
     except OSError as pipe_err:
         if pipe_err.errno != errno.EPIPE:
             raise

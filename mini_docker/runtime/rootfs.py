@@ -23,7 +23,7 @@ import os
 import stat
 
 from mini_docker.kernel import constants as C
-from mini_docker.kernel import mount, pivot_root, umount2
+from mini_docker.kernel import mount, move_mount, pivot_root, umount2
 from mini_docker.runtime.spec import Mount, Spec
 
 # mount(8) option -> (flags to set, flags to clear)
@@ -107,19 +107,27 @@ def secure_join(root: str, path: str) -> str:
     return os.path.join(root, *resolved)
 
 
-def prepare(spec: Spec, rootfs: str, bundle: str) -> None:
-    """Steps 1 to 4: propagation, the rootfs as a mount point, the mounts, /dev."""
+def prepare(spec: Spec, rootfs: str, bundle: str, *, propagated: bool = False,
+            bind_trees: list[int] | None = None) -> None:
+    """Steps 1 to 4: propagation, the rootfs as a mount point, the mounts, /dev.
+
+    For an init prepared in advance (prepared.py): `propagated`, step 1 is
+    done already; `bind_trees`, the sources of the bind mounts, in order, as
+    detached mounts from open_tree.
+    """
     propagation = PROPAGATION.get(spec.linux.rootfs_propagation or "rprivate")
     # The whole tree becomes a slave or private first; a "shared" request is
     # honoured on the rootfs itself below, after it is its own mount.
-    mount(None, "/", None, propagation if not propagation & C.MS_SHARED else
-          C.MS_SLAVE | C.MS_REC)
+    if not propagated:
+        mount(None, "/", None, propagation if not propagation & C.MS_SHARED else
+              C.MS_SLAVE | C.MS_REC)
     mount(rootfs, rootfs, None, C.MS_BIND | C.MS_REC)
     if propagation & C.MS_SHARED:
         mount(None, rootfs, None, propagation)
     dev_is_tmpfs = False
+    trees = iter(bind_trees or ())
     for m in spec.mounts:
-        _mount_one(m, rootfs, bundle)
+        _mount_one(m, rootfs, bundle, next(trees) if bind_trees and is_bind(m) else None)
         dev_is_tmpfs |= m.destination == "/dev" and m.type == "tmpfs"
     if dev_is_tmpfs:
         populate_dev(secure_join(rootfs, "/dev"))
@@ -135,15 +143,33 @@ def _make_target(target: str, like_source: str | None) -> None:
         os.makedirs(target, exist_ok=True)
 
 
-def _mount_one(m: Mount, rootfs: str, bundle: str) -> None:
+def is_bind(m: Mount) -> bool:
+    return m.type == "bind" or bool(parse_options(m.options)[0] & C.MS_BIND)
+
+
+def bind_source(m: Mount, bundle: str) -> str:
+    """A bind mount's source: absolute, or relative to the bundle."""
+    source = m.source or ""
+    return source if source.startswith("/") else os.path.join(bundle, source)
+
+
+def open_tree_flags(m: Mount) -> int:
+    """open_tree's flags for a bind mount's source: "rbind" takes the mounts below it too."""
+    recursive = parse_options(m.options)[0] & C.MS_REC
+    return C.OPEN_TREE_CLONE | (C.AT_RECURSIVE if recursive else 0)
+
+
+def _mount_one(m: Mount, rootfs: str, bundle: str, tree: int | None = None) -> None:
     target = secure_join(rootfs, m.destination)
     flags, propagation, data = parse_options(m.options)
-    if m.type == "bind" or flags & C.MS_BIND:
-        source = m.source or ""
-        if not source.startswith("/"):
-            source = os.path.join(bundle, source)
-        _make_target(target, source)
-        mount(source, target, None, flags & (C.MS_BIND | C.MS_REC) | C.MS_BIND)
+    if is_bind(m):
+        source = bind_source(m, bundle)
+        _make_target(target, source if tree is None else f"/proc/self/fd/{tree}")
+        if tree is None:
+            mount(source, target, None, flags & (C.MS_BIND | C.MS_REC) | C.MS_BIND)
+        else:  # made by open_tree in the runtime's mount namespace
+            move_mount(tree, target)
+            os.close(tree)
         rest = flags & ~(C.MS_BIND | C.MS_REC)
         if rest:  # bind mounts take their flags only on a remount
             mount(None, target, None, C.MS_BIND | C.MS_REMOUNT | rest | _locked_flags(target))

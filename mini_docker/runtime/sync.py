@@ -38,7 +38,7 @@ class SyncPipe:
     # the child's side
 
     def child_side(self) -> None:
-        _close(self.report_r, self.go_w)
+        self._close("report_r", "go_w")
 
     def send(self, kind: str, **fields: object) -> None:
         data = json.dumps({"type": kind, **fields}).encode() + b"\n"
@@ -49,12 +49,12 @@ class SyncPipe:
             raise RuntimeError("the runtime went away during set-up")
 
     def close_child(self) -> None:
-        _close(self.report_w, self.go_r)
+        self._close("report_w", "go_r")
 
     # the parent's side
 
     def parent_side(self) -> None:
-        _close(self.report_w, self.go_r)
+        self._close("report_w", "go_r")
         self._buffer = b""
 
     def receive(self) -> dict | None:
@@ -71,12 +71,15 @@ class SyncPipe:
         os.write(self.go_w, b"1")
 
     def close_parent(self) -> None:
-        _close(self.report_r, self.go_w)
+        self._close("report_r", "go_w")
 
-
-def _close(*fds: int) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    def _close(self, *ends: str) -> None:
+        """Close each end once: closed twice, its number could be another file's by then."""
+        for end in ends:
+            fd = getattr(self, end)
+            if fd >= 0:
+                setattr(self, end, -1)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

@@ -1,0 +1,192 @@
+"""An init made in advance: the next container's namespaces, before anyone asks for it.
+
+Half of what `create` does does not depend on the container at all: fork
+stage 1, unshare the namespaces, fork the init (PID 1 of the new PID
+namespace), make every mount private. For a Docker container these steps
+are always the same: a new mount, UTS, IPC, PID and network namespace. In a
+Python runtime they are also the slowest part of create, some 5 ms of it: a
+forked Python process writes to most of the pages it touches (reference
+counts), and each first write to a shared page copies it.
+
+So a process that creates containers again and again (a shim waiting for
+work, see engine/zygote.py) can make the next container's init ahead of
+time, while nobody is waiting. The SOCK paper (Oakes et al., USENIX ATC
+2018) pooled cgroups and namespaces for serverless functions for the same
+reason. The prepared init waits on a socket:
+
+    PreparedInit()   fork ──▶ stage 1: unshare(flags), fork ──▶ init: rprivate /,
+                              report the init's pid, exit           wait for work
+    create(..., prepared=p)
+                     the container: spec, paths, cgroup ──────────▶ join the cgroup,
+                     stdio (and a terminal's socket) as SCM_RIGHTS   stdio as fds 0-2,
+                                                                     then as any init
+
+From there the init builds the container exactly as one forked by `create`
+does (init.py), and reports over the same sync pipe; only the pid it
+reported long ago is still waiting in that pipe, which is where `create`
+reads it from.
+
+One thing is not the same. The init's mount namespace is a copy of ours
+taken when it was made, and private: a mount made since (the engine mounts
+a container's overlay rootfs just before starting it) is not in it, and
+its mount point there is an empty directory. mount(2) cannot help, since a
+bind mount's source must be in the caller's own namespace. The newer mount
+API can: open_tree(OPEN_TREE_CLONE) copies a mount tree into a detached one
+held by a file descriptor, the descriptor travels to the init over the
+socket, and move_mount attaches it in the init's namespace. The rootfs and
+the source of every bind mount go that way, and the FIFO as an open
+descriptor, so that nothing depends on what the copy has.
+
+The pages the init touches while it waits are charged to the group of its
+maker; whatever the container's program uses is the container's, once the
+init has joined the container's group.
+
+A prepared init fits a config that asks for exactly its new namespaces
+(plus a cgroup namespace, which the init makes after joining its group, as
+a cgroup namespace must be), joins none by path, has no user namespace and
+keeps the default rprivate propagation. Anything else is created the
+ordinary way, and the prepared init is discarded: it reads EOF and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+
+from mini_docker.kernel import constants as C
+from mini_docker.kernel import fork, mount, move_mount, open_tree, unshare
+from mini_docker.runtime.init import InitContext, new_namespace_flags, report_failure, run_init
+from mini_docker.runtime.rootfs import bind_source, is_bind, open_tree_flags
+from mini_docker.runtime.spec import Spec
+from mini_docker.runtime.sync import SyncPipe
+
+# A Docker container's new namespaces, when it shares none with the host or another container.
+DOCKER_NAMESPACES = C.CLONE_NEWNS | C.CLONE_NEWUTS | C.CLONE_NEWIPC | C.CLONE_NEWPID | C.CLONE_NEWNET
+MAX_FDS = 253  # SCM_RIGHTS carries at most this many descriptors in one message
+
+
+class PreparedInit:
+    """A container init forked ahead of time, waiting in its new namespaces."""
+
+    __slots__ = ("flags", "stage1", "sync", "_socket")
+
+    def __init__(self, flags: int = DOCKER_NAMESPACES) -> None:
+        if flags & (C.CLONE_NEWUSER | C.CLONE_NEWCGROUP):
+            raise ValueError("a prepared init cannot have a user or cgroup namespace of its own")
+        self.flags = flags
+        self.sync = SyncPipe.open()
+        self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.stage1 = fork()
+        if self.stage1 == 0:
+            self._socket.close()
+            _stage1(self.sync, theirs, flags)  # never returns
+        theirs.close()
+        self.sync.parent_side()
+
+    def fits(self, spec: Spec, preserve_fds: int = 0) -> bool:
+        """Whether a container of `spec` can use this init."""
+        linux = spec.linux
+        return (preserve_fds == 0 and self._socket is not None
+                and sum(map(is_bind, spec.mounts)) <= MAX_FDS - 6
+                and new_namespace_flags(spec) & ~C.CLONE_NEWCGROUP == self.flags
+                and not any(ns.path for ns in linux.namespaces)
+                and linux.rootfs_propagation in (None, "", "rprivate"))
+
+    def hand_over(self, ctx: InitContext, stdio: tuple[int, int, int]) -> None:
+        """Give the init its container: the context, and as descriptors fds 0-2, the
+        FIFO, the rootfs and every bind mount's source, and a console socket."""
+        trees: list[int] = []
+        fifo = None
+        try:
+            # Opened here, in our mount namespace: the init's is a copy made before
+            # they were mounted (the engine mounts a container's rootfs at create).
+            fifo = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
+            trees.append(open_tree(ctx.rootfs))
+            for m in ctx.spec.mounts:
+                if is_bind(m):
+                    trees.append(open_tree(bind_source(m, ctx.bundle), open_tree_flags(m)))
+            fds = [*stdio, fifo, *trees] + ([ctx.console] if ctx.console is not None else [])
+            work = (ctx.spec, ctx.bundle, ctx.rootfs, ctx.cgroup, ctx.console is not None)
+            socket.send_fds(self._socket, [pickle.dumps(work, pickle.HIGHEST_PROTOCOL)], fds)
+        finally:
+            self._socket.close()
+            self._socket = None
+            for fd in [fifo, *trees]:
+                if fd is not None:
+                    os.close(fd)
+
+    def wait_until_made(self, timeout: float = 5) -> bool:
+        """Wait until stage 1 has forked the init (its report is there to read)."""
+        import select
+
+        return bool(select.select([self.sync.report_r], [], [], timeout)[0])
+
+    def discard(self) -> None:
+        """Let the init go unused: it reads EOF and exits; reap what is ours to reap.
+
+        Once the init has been handed a container (or discarded) this does nothing.
+        """
+        if self._socket is None:
+            return
+        self._socket.close()
+        self._socket = None
+        init_pid = None
+        while (message := self.sync.receive()) is not None:  # EOF once the init has gone
+            if message["type"] == "pid":
+                init_pid = message["pid"]
+        self.sync.close_parent()
+        for pid in (self.stage1, init_pid):
+            if pid:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass  # re-parented elsewhere (we are no subreaper): its new parent reaps it
+
+
+def _stage1(sync: SyncPipe, sock: socket.socket, flags: int) -> None:
+    """Unshare, fork the init, report its pid, exit. Never returns."""
+    status = 1
+    try:
+        sync.child_side()
+        unshare(flags)
+        if flags & C.CLONE_NEWPID:
+            init_pid = fork()
+            if init_pid == 0:
+                _wait_for_work(sync, sock)
+            sync.send("pid", pid=init_pid)
+            status = 0
+        else:
+            sync.send("pid", pid=os.getpid())
+            _wait_for_work(sync, sock)
+    except BaseException as err:
+        report_failure(sync, err)
+    os._exit(status)
+
+
+def _wait_for_work(sync: SyncPipe, sock: socket.socket) -> None:
+    """The prepared init: wait for a container, then become its init. Never returns."""
+    try:
+        mount(None, "/", None, C.MS_PRIVATE | C.MS_REC)  # rootfs step 1, done while idle
+        message, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS)
+        sock.close()
+        if not message:
+            os._exit(0)  # discarded
+        spec, bundle, rootfs, group, has_console = pickle.loads(message)
+        if group is not None:  # first: every process of the container descends from us
+            group.join()
+        if new_namespace_flags(spec) & C.CLONE_NEWCGROUP:
+            unshare(C.CLONE_NEWCGROUP)  # after joining: the group becomes its root
+        console = fds.pop() if has_console else None
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+            os.close(fd)
+        fifo, rootfs_tree, *bind_trees = fds[3:]
+        move_mount(rootfs_tree, rootfs)  # the rootfs, as the runtime sees it
+        os.close(rootfs_tree)
+        ctx = InitContext(spec=spec, bundle=bundle, rootfs=rootfs, fifo=fifo, sync=sync,
+                          console=console, cgroup=group, propagated=True, bind_trees=bind_trees)
+    except BaseException as err:
+        report_failure(sync, err)
+        os._exit(1)
+    run_init(ctx)

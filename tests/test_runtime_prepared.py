@@ -1,0 +1,190 @@
+"""An init prepared in advance (runtime/prepared.py), against the real kernel.
+
+The prepared init's mount namespace is a copy taken when it was made, so
+each test mounts what the container needs *after* preparing it: the rootfs
+and a bind mount's source reach the init as detached mounts (open_tree), or
+the container would see empty directories.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from mini_docker.errors import MiniDockerError
+from mini_docker.kernel import constants as C
+from mini_docker.kernel import mount, prctl, umount2
+from mini_docker.runtime import spec as oci
+from mini_docker.runtime.create import create
+from mini_docker.runtime.delete import delete
+from mini_docker.runtime.prepared import PreparedInit
+from mini_docker.runtime.start import start
+from runtime_support import base_config, make_bundle
+
+
+@pytest.fixture(autouse=True)
+def subreaper():
+    """The init's parent once stage 1 exits, as a shim is (so that we can wait for it)."""
+    prctl(C.PR_SET_CHILD_SUBREAPER, 1)
+    yield
+    prctl(C.PR_SET_CHILD_SUBREAPER, 0)
+
+
+@contextmanager
+def mounted_later(source: Path, where: Path):
+    """Bind `source` at `where` (made now), and take it away afterwards."""
+    where.mkdir()
+    mount(str(source), str(where), None, C.MS_BIND | C.MS_REC)
+    try:
+        yield where
+    finally:
+        umount2(str(where), C.MNT_DETACH)
+
+
+def run_to_end(root: Path, bundle: Path, prepared: PreparedInit | None, cid: str = "p") -> tuple[int, str]:
+    """create (with `prepared`), start, wait, delete; the exit status and the output."""
+    with tempfile.TemporaryFile() as out:
+        saved = [os.dup(fd) for fd in (1, 2)]
+        try:
+            for fd in (1, 2):  # what the container gets as its stdout and stderr
+                os.dup2(out.fileno(), fd)
+            state = create(cid, bundle, root=root, prepared=prepared)
+        finally:
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+        try:
+            start(cid, root=root)
+            _, status = os.waitpid(state.pid, 0)
+        finally:
+            delete(cid, force=True, root=root)
+        out.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read().decode()
+
+
+def test_a_prepared_init_sees_the_rootfs_and_binds_mounted_after_it(runtime_root, tmp_path,
+                                                                    busybox_rootfs):
+    data = tmp_path / "data"
+    data.mkdir()
+    prepared = PreparedInit()
+    with mounted_later(busybox_rootfs, tmp_path / "rootfs") as rootfs:
+        mount("tmpfs", str(data), "tmpfs", 0, "size=1m")  # a bind source that is a new mount
+        try:
+            (data / "marker").write_text("from the host\n")
+            config = base_config("sh", "-c", "echo pid $$; hostname; cat /data/marker; "
+                                 "touch /data/x 2>/dev/null || echo read-only; grep memory /proc/self/cgroup")
+            config["mounts"].append({"destination": "/data", "type": "bind",
+                                     "source": str(data), "options": ["rbind", "ro"]})
+            config["hostname"] = "prepared"
+            bundle = make_bundle(tmp_path / "bundle", rootfs, config)
+            assert prepared.fits(oci.load(bundle))
+            code, output = run_to_end(runtime_root, bundle, prepared)
+        finally:
+            umount2(str(data), C.MNT_DETACH)
+    lines = output.splitlines()
+    assert code == 0, output
+    assert lines[:4] == ["pid 1", "prepared", "from the host", "read-only"], output
+    assert lines[4].endswith(":memory:/mini-docker/p"), output  # it joined its own cgroup
+    assert not (data / "x").exists()
+
+
+def test_a_cgroup_namespace_is_made_after_joining_the_group(runtime_root, tmp_path, busybox_rootfs):
+    config = base_config("grep", "memory", "/proc/self/cgroup")
+    config["linux"]["namespaces"].append({"type": "cgroup"})
+    bundle = make_bundle(tmp_path / "bundle", busybox_rootfs, config)
+    prepared = PreparedInit()
+    assert prepared.fits(oci.load(bundle))
+    code, output = run_to_end(runtime_root, bundle, prepared)
+    assert (code, output.split(":")[-1]) == (0, "/\n")  # its own group is its root
+
+
+@pytest.mark.parametrize("change", ["host network", "user namespace", "namespace by path",
+                                    "rslave propagation"])
+def test_a_config_it_does_not_fit_is_created_the_usual_way(runtime_root, tmp_path, busybox_rootfs,
+                                                           change):
+    config = base_config("sh", "-c", "echo pid $$")
+    namespaces = config["linux"]["namespaces"]
+    if change == "host network":
+        namespaces.remove({"type": "network"})
+    elif change == "user namespace":
+        namespaces.append({"type": "user"})
+        config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        config["root"]["readonly"] = False
+    elif change == "namespace by path":
+        namespaces[namespaces.index({"type": "ipc"})] = {"type": "ipc",
+                                                         "path": "/proc/self/ns/ipc"}
+    else:
+        config["linux"]["rootfsPropagation"] = "rslave"
+    bundle = make_bundle(tmp_path / "bundle", busybox_rootfs, config)
+    prepared = PreparedInit()
+    assert not prepared.fits(oci.load(bundle))
+    if change == "user namespace":
+        prepared.discard()  # fits() is the point; running one needs a rootfs of the mapped ids
+        return
+    code, output = run_to_end(runtime_root, bundle, prepared)
+    assert (code, output) == (0, "pid 1\n")
+    with pytest.raises(ChildProcessError):  # used up: its stage 1 was reaped
+        os.waitpid(prepared.stage1, os.WNOHANG)
+
+
+def test_discarded_it_leaves_no_process(runtime_root):
+    prepared = PreparedInit()
+    prepared.discard()
+    prepared.discard()  # twice is harmless
+    with pytest.raises(ChildProcessError):
+        os.waitpid(prepared.stage1, os.WNOHANG)
+    # and the autouse leak check finds no process left in another PID namespace
+
+
+def test_a_failure_inside_is_reported_and_nothing_is_left(runtime_root, tmp_path, busybox_rootfs):
+    bundle = make_bundle(tmp_path / "bundle", busybox_rootfs, base_config("/no/such/program"))
+    with pytest.raises(MiniDockerError, match="no/such/program"):
+        run_to_end(runtime_root, bundle, PreparedInit())
+    assert not any(runtime_root.iterdir())
+
+
+def test_it_refuses_namespaces_it_cannot_make_in_advance():
+    with pytest.raises(ValueError, match="user or cgroup"):
+        PreparedInit(C.CLONE_NEWNS | C.CLONE_NEWUSER)
+
+
+def test_the_engine_keeps_one_prepared_with_its_spare_shim(engine):
+    """After a container, the zygote's next spare waits with an init in new namespaces."""
+    engine.containers.run("busybox", ["true"], remove=True)
+    kinds = ("mnt", "uts", "ipc", "pid", "net")
+    own = {k: os.readlink(f"/proc/self/ns/{k}") for k in kinds}
+    zygotes = [pid for pid in _all_pids()  # live ones: a used stage 1 waits as a zombie
+               if _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]
+    spares = [pid for pid in zygotes if pid != engine._zygote.pid
+              and os.readlink(f"/proc/{pid}/ns/pid") == own["pid"]]
+    inits = [pid for pid in zygotes if _parent(pid) in spares]
+    assert len(spares) == 1 and len(inits) == 1, (zygotes, spares)
+    theirs = {k: os.readlink(f"/proc/{inits[0]}/ns/{k}") for k in kinds}
+    assert all(theirs[k] != own[k] for k in kinds), theirs
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _stat(pid: int) -> tuple[str, list[str]]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return "", []
+    return text.partition("(")[2].rpartition(")")[0], text.rpartition(")")[2].split()
+
+
+def _comm(pid: int) -> str:
+    return _stat(pid)[0]
+
+
+def _parent(pid: int) -> int:
+    fields = _stat(pid)[1]
+    return int(fields[1]) if fields else -1
