@@ -133,6 +133,30 @@ def test_a_command_that_cannot_start_leaves_the_container_created_with_the_reaso
     c.remove()
 
 
+def test_run_that_cannot_start_writes_its_record_once_with_the_reason(engine, engine_root):
+    with pytest.raises(Exception, match="no/such/program"):
+        engine.containers.run("busybox", ["/no/such/program"], name="never")
+    c = engine.containers.get("never")
+    on_disk = json.loads((engine_root / "containers" / c.id / "config.v2.json").read_text())
+    assert on_disk["State"]["Status"] == "created"
+    assert "no/such/program" in on_disk["State"]["Error"]
+    c.remove()
+    with pytest.raises(Exception, match="no/such/program"):
+        engine.containers.run("busybox", ["/no/such/program"], remove=True)
+    assert engine.list(all=True) == []  # remove=True: gone again, as docker run --rm
+
+
+def test_an_engine_killed_between_create_and_start_leaves_nothing(engine_root):
+    """run writes no record until the start: what a death in between leaves is swept away."""
+    first = Engine(engine_root)
+    record = first._create("busybox", ["true"], {}, save=False)
+    assert (engine_root / "image" / "containers" / record.Id / "merged").is_mount()
+    first.close()  # as if killed: the rootfs mounted, no record
+    with Engine(engine_root) as again:
+        assert again.list(all=True) == []
+        assert not (engine_root / "image" / "containers" / record.Id).exists()
+
+
 def test_start_stop_and_the_refusals_around_them(engine):
     c = engine.containers.create("busybox", LONG)
     with pytest.raises(NotModified):

@@ -18,6 +18,7 @@ import pytest
 from mini_docker.errors import MiniDockerError
 from mini_docker.kernel import constants as C
 from mini_docker.kernel import mount, prctl, umount2
+from mini_docker.runtime import cgroup
 from mini_docker.runtime import spec as oci
 from mini_docker.runtime.create import create
 from mini_docker.runtime.delete import delete
@@ -75,9 +76,9 @@ def test_a_prepared_init_sees_the_rootfs_and_binds_mounted_after_it(runtime_root
         mount("tmpfs", str(data), "tmpfs", 0, "size=1m")  # a bind source that is a new mount
         try:
             (data / "marker").write_text("from the host\n")
-            config = base_config("sh", "-c", "echo pid $$; hostname; cat /data/marker; "
-                                 "touch /data/x 2>/dev/null || echo read-only; grep memory /proc/self/cgroup")
-            config["mounts"].append({"destination": "/data", "type": "bind",
+            config = base_config("sh", "-c", "echo pid $$; hostname; cat /home/marker; touch "
+                                 "/home/x 2>/dev/null || echo read-only; grep memory /proc/self/cgroup")
+            config["mounts"].append({"destination": "/home", "type": "bind",  # busybox has /home
                                      "source": str(data), "options": ["rbind", "ro"]})
             config["hostname"] = "prepared"
             bundle = make_bundle(tmp_path / "bundle", rootfs, config)
@@ -90,6 +91,46 @@ def test_a_prepared_init_sees_the_rootfs_and_binds_mounted_after_it(runtime_root
     assert lines[:4] == ["pid 1", "prepared", "from the host", "read-only"], output
     assert lines[4].endswith(":memory:/mini-docker/p"), output  # it joined its own cgroup
     assert not (data / "x").exists()
+
+
+def test_on_cgroup_v1_its_group_is_renamed_to_the_containers(runtime_root, tmp_path,
+                                                             busybox_rootfs):
+    prepared = PreparedInit()
+    if prepared.group is None:
+        prepared.discard()
+        pytest.skip("cgroup v2 does not rename groups: the init joins the container's instead")
+    prepared.wait_until_made()
+    pool = prepared.group
+    waiting = pool.procs()  # the init (and stage 1, if it has not exited yet)
+    bundle = make_bundle(tmp_path / "bundle", busybox_rootfs, base_config("sleep", "10"))
+    state = create("p", bundle, root=runtime_root, prepared=prepared)
+    try:
+        group = cgroup.open_group("mini-docker/p")
+        assert group.procs() == [state.pid] and state.pid in waiting
+        assert not any(os.path.exists(d) for d in pool.directories())
+    finally:
+        delete("p", force=True, root=runtime_root)
+        os.waitpid(state.pid, 0)  # killed; ours to reap, as its subreaper
+    assert not group.exists()
+
+
+def test_a_group_is_renamed_only_beside_itself_and_only_on_v1(tmp_path):
+    from mini_docker.cgroups import CgroupError, V2Cgroup
+
+    with pytest.raises(CgroupError, match="v2 does not rename"):
+        V2Cgroup("mini-docker/a", str(tmp_path)).renamed("mini-docker/b")
+    group = cgroup.open_group("mini-docker/rename-a")
+    if group.driver != "v1":
+        pytest.skip("this host's cgroups are v2")
+    group.create()
+    try:
+        with pytest.raises(CgroupError, match="not a sibling"):
+            group.renamed("elsewhere/rename-b")
+        moved = group.renamed("mini-docker/rename-b")
+        assert moved.exists() and not group.exists()
+    finally:
+        cgroup.remove("mini-docker/rename-b")
+        cgroup.remove("mini-docker/rename-a")
 
 
 def test_a_cgroup_namespace_is_made_after_joining_the_group(runtime_root, tmp_path, busybox_rootfs):

@@ -20,6 +20,7 @@ mini-runc command 7 ms of its ~30, and runc's speed is the target.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import signal
@@ -239,6 +240,29 @@ class Cgroup(ABC):
         if not os.path.isdir(os.path.dirname(where)):
             return f"cgroup {self.path} does not exist: create it first"
         return f"this host's {write.controller} controller has no {write.file} ({where})"
+
+    def renamed(self, path: str) -> Cgroup:
+        """Rename the group to `path`, a sibling: same parent, another name; return it.
+
+        The processes inside stay where they are, and so do the limits: only
+        the name changes. cgroup v1 allows this (rename(2) on each
+        hierarchy's directory); cgroup v2 does not (V2Cgroup says so).
+        """
+        new = copy.copy(self)
+        new.path, new._made, new.warnings = clean_path(path), [], []
+        if os.path.dirname(new.path) != os.path.dirname(self.path):
+            raise CgroupError(f"cannot rename cgroup {self.path} to {new.path}: not a sibling")
+        done: list[tuple[str, str]] = []
+        try:
+            for old_dir, new_dir in zip(self.directories(), new.directories(), strict=True):
+                os.rename(old_dir, new_dir)
+                done.append((old_dir, new_dir))
+        except OSError as err:
+            for old_dir, new_dir in reversed(done):
+                os.rename(new_dir, old_dir)
+            raise CgroupError(f"cannot rename cgroup {self.path} to {new.path}: "
+                              f"{err.strerror}") from None
+        return new
 
     def destroy(self) -> None:
         """Kill everything inside, then remove every directory this group made.

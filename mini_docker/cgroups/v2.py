@@ -77,6 +77,9 @@ class V2Cgroup(Cgroup):
     def directories(self) -> list[str]:
         return [self.dir]
 
+    def renamed(self, path: str) -> Cgroup:
+        raise CgroupError(f"cannot rename cgroup {self.path}: cgroup v2 does not rename groups")
+
     def file_path(self, controller: str, file: str) -> str:
         return f"{self.dir}/{file}"
 

@@ -139,6 +139,31 @@ class Engine(Inside, Exits):
     def create(self, image: str, command: str | Sequence[str] | None = None,
                **options: Any) -> ContainerRecord:
         """`docker create`: a container made from `image`, not started."""
+        return self._create(image, command, options, save=True)
+
+    def run(self, image: str, command: str | Sequence[str] | None = None, *,
+            attach: Mapping[str, bool] | None = None, remove_on_failure: bool = False,
+            **options: Any):
+        """`docker run`, up to the start: (the record, the Attachment if `attach`).
+
+        create and start as one step, and one record written, once the
+        container runs (or its start has failed, which the record then says).
+        An engine that dies between the two leaves a root filesystem without a
+        record, which the next one removes, as if the create had not happened.
+        A container that fails to start is removed again if `remove_on_failure`
+        or auto_remove (as dockerd removes an AutoRemove one).
+        """
+        with self._lock:
+            record = self._create(image, command, options, save=False)
+            try:
+                return record, self._start(record, attach)
+            except BaseException:
+                if remove_on_failure or record.HostConfig.get("AutoRemove"):
+                    self.remove(record.Id, force=True)
+                raise
+
+    def _create(self, image: str, command: str | Sequence[str] | None,
+                options: dict[str, Any], save: bool) -> ContainerRecord:
         from mini_docker.image.container import find_image
 
         if not isinstance(image, str) or not image:
@@ -170,7 +195,8 @@ class Engine(Inside, Exits):
             # it stays mounted for the start that usually follows
             rootfs = self.snapshots.mount_rootfs(container_id, digest)
             self._write_spec(record, image_config, str(rootfs))
-            self.records.save(record)
+            if save:
+                self.records.save(record)
         except BaseException:
             with self._lock:
                 del self._containers[container_id]

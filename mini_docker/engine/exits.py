@@ -140,6 +140,7 @@ class Exits:
 
     def _remove_orphan_rootfs(self) -> None:
         """Root filesystems whose container's record is gone: a removal a crash cut short."""
+        self.snapshots.clear_removals()
         container_root = self.snapshots.container_root
         for entry in container_root.iterdir() if container_root.is_dir() else ():
             if names.ID_PATTERN.fullmatch(entry.name) and entry.name not in self._containers:

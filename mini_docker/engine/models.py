@@ -232,13 +232,8 @@ class ContainerCollection:
         if detach and remove:
             raise InvalidArgument("the options remove and detach cannot be used together; use "
                                   "auto_remove")
-        container = self.create(image, command, **kwargs)
-        try:
-            container.start()
-        except BaseException:
-            if remove or kwargs.get("auto_remove"):
-                self._engine.remove(container.id, force=True)
-            raise
+        record, _ = self._engine.run(image, command, remove_on_failure=remove, **kwargs)
+        container = self.get(record.Id)
         if detach:
             return container
         entries = self._engine.log_entries(container.id, follow=True)

@@ -263,11 +263,12 @@ def _wait_for_work(sock: socket.socket) -> NoReturn:
         from mini_docker.kernel import prctl
         from mini_docker.runtime.prepared import PreparedInit
 
-        with suppress(Exception):  # only ever a matter of speed
-            shim.warm_up()
         prctl(C.PR_SET_CHILD_SUBREAPER, 1)  # the prepared init's parent, once stage 1 exits
         with suppress(Exception):  # without it, create forks as usual
             prepared = PreparedInit()
+        # After the fork above, which shares our pages with the init once more.
+        with suppress(Exception):  # only ever a matter of speed
+            shim.warm_up()
         message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 1)
         if message and fds:
             sock.close()

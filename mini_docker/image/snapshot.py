@@ -331,6 +331,13 @@ class Snapshotter:
         os.rename(directory, doomed)  # the record goes first, in one step
         shutil.rmtree(doomed)
 
+    def clear_removals(self) -> None:
+        """Delete what removals that a crash cut short left renamed out of the way."""
+        if self.container_root.is_dir():
+            for entry in self.container_root.iterdir():
+                if entry.name.startswith(".removing-"):
+                    shutil.rmtree(entry, ignore_errors=True)
+
     def diff(self, container_id: str) -> list[tuple[str, str]]:
         """What the container changed, as `docker diff` lists it: ("A"|"C"|"D", path), by path.
 
