@@ -169,8 +169,8 @@ def test_a_config_it_does_not_fit_is_created_the_usual_way(runtime_root, tmp_pat
         return
     code, output = run_to_end(runtime_root, bundle, prepared)
     assert (code, output) == (0, "pid 1\n")
-    with pytest.raises(ChildProcessError):  # used up: its stage 1 was reaped
-        os.waitpid(prepared.stage1, os.WNOHANG)
+    with pytest.raises(ChildProcessError):  # used up: its init was reaped
+        os.waitpid(prepared.init_pid, os.WNOHANG)
 
 
 def test_discarded_it_leaves_no_process(runtime_root):
@@ -178,7 +178,7 @@ def test_discarded_it_leaves_no_process(runtime_root):
     prepared.discard()
     prepared.discard()  # twice is harmless
     with pytest.raises(ChildProcessError):
-        os.waitpid(prepared.stage1, os.WNOHANG)
+        os.waitpid(prepared.init_pid, os.WNOHANG)
     # and the autouse leak check finds no process left in another PID namespace
 
 

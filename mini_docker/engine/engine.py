@@ -248,12 +248,13 @@ class Engine(Inside, Exits):
                 log_max_size=_size(log_options.get("max-size")),
                 log_max_file=int(log_options.get("max-file", 1)),
                 tty=bool(record.Config["Tty"]), open_stdin=bool(record.Config["OpenStdin"]),
-                stdin_once=bool(record.Config["StdinOnce"]))
-            shim = self._zygote_process().spawn(spec)
+                stdin_once=bool(record.Config["StdinOnce"]), start=not attach)
+            shim = self._zygote_process().spawn(spec)  # and started, unless attaching first
             pidfd = self._monitor.open(shim.pid)
-            with ShimClient(shim.socket) as client:
-                attachment = client.attach(**attach) if attach else None
-                client.start()
+            if attach:
+                with ShimClient(shim.socket) as client:
+                    attachment = client.attach(**attach)
+                    client.start()
         except BaseException as err:
             if attachment is not None:
                 attachment.close()

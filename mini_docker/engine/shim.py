@@ -34,7 +34,8 @@ CVE-2020-15257): the shim serves only peers in its own mount namespace,
 which no container shares.
 
 In order: become "mini-shim", make the stdio (pipes, or a terminal received
-over a console socket), runtime.create with them as fds 0-2, report ready,
+over a console socket), runtime.create with them as fds 0-2 (and
+runtime.start at once, unless a client is to attach first), report ready,
 then loop: output to the log and to attached clients, requests (start,
 attach, exec, resize), SIGCHLD. When the init exits: drain its output,
 flush the log, note whether the OOM killer struck, runtime.delete, write
@@ -83,6 +84,7 @@ from mini_docker.runtime.console import ConsoleListener
 from mini_docker.runtime.create import create
 from mini_docker.runtime.delete import delete
 from mini_docker.runtime.prepared import PreparedInit
+from mini_docker.runtime.start import start
 from mini_docker.runtime.state import (
     ContainerState,
     StateDir,
@@ -106,6 +108,7 @@ class ShimSpec:
     tty: bool = False
     open_stdin: bool = False
     stdin_once: bool = False  # close the stdin when the first client attached to it leaves
+    start: bool = False  # start it as soon as it is created: nobody attaches in between
 
 
 @dataclass
@@ -206,6 +209,9 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None) -> No
         try:
             shim.create(prepared)
             shim.write_record()
+            if spec.start:  # one message from the engine instead of two
+                start(spec.container_id, root=spec.runtime_root)
+                shim.started = True
             _report(ready, {"init_pid": shim.state.pid, "socket": shim.socket_name})
         except BaseException as err:
             with suppress(OSError):

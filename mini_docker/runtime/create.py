@@ -74,7 +74,7 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
             if child == 0:
                 stage1(ctx)  # never returns
         else:
-            child = prepared.stage1
+            child = prepared.init_pid
             prepared.hand_over(ctx, (0, 1, 2))  # our stdio is the container's
         if console:
             console.close()
@@ -88,7 +88,8 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
             state.pid, state.start_time = pid, process_start_time(pid) or 0
             states.save(state)
 
-        init_pid = _converse(ctx, spec, child, save_state)
+        init_pid = _converse(ctx, spec, child, save_state,
+                             init_pid=prepared.init_pid if prepared else None)
         if pid_file:
             _write_atomically(pid_file, f"{init_pid}")
         return state
@@ -128,15 +129,19 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
-def _converse(ctx: InitContext, spec: Spec, child: int, on_pid: Callable[[int], None]) -> int:
+def _converse(ctx: InitContext, spec: Spec, child: int, on_pid: Callable[[int], None],
+              init_pid: int | None = None) -> int:
     """Answer the child until its init is ready; return the init's host pid.
 
-    `on_pid` is called with that pid as soon as it is known, before the init is ready.
+    `on_pid` is called with that pid as soon as it is known, before the init
+    is ready; `init_pid`: known already (a prepared init, our own child).
     """
     sync = ctx.sync
     sync.parent_side()
-    init_pid, ready = None, False
+    ready = False
     try:
+        if init_pid is not None:
+            on_pid(init_pid)
         # "pid" comes from stage 1 and "ready" from the init: two processes, so
         # either may arrive first, and both are needed.
         while (message := sync.receive()) is not None:

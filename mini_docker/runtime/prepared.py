@@ -1,8 +1,8 @@
 """An init made in advance: the next container's namespaces, before anyone asks for it.
 
 Half of what `create` does does not depend on the container at all: fork
-stage 1, unshare the namespaces, fork the init (PID 1 of the new PID
-namespace), make every mount private. For a Docker container these steps
+the init (PID 1 of a new PID namespace), unshare the other namespaces,
+make every mount private, make a cgroup and join it. For a Docker container these steps
 are always the same: a new mount, UTS, IPC, PID and network namespace. In a
 Python runtime they are also the slowest part of create, some 5 ms of it: a
 forked Python process writes to most of the pages it touches (reference
@@ -14,17 +14,16 @@ time, while nobody is waiting. The SOCK paper (Oakes et al., USENIX ATC
 2018) pooled cgroups and namespaces for serverless functions for the same
 reason. The prepared init waits on a socket:
 
-    PreparedInit()   fork ──▶ stage 1: unshare(flags), fork ──▶ init: rprivate /,
-                              report the init's pid, exit           wait for work
+    PreparedInit()   unshare(PID), fork ──────────▶ init, PID 1: join its group,
+                     setns(our own PID namespace)   unshare the others, rprivate /,
+                                                    say "prepared", wait for work
     create(..., prepared=p)
-                     the container: spec, paths, cgroup ──────────▶ join the cgroup,
-                     stdio (and a terminal's socket) as SCM_RIGHTS   stdio as fds 0-2,
-                                                                     then as any init
+                     the container: spec, paths ──▶ stdio as fds 0-2, the rootfs,
+                     its stdio (and a terminal's      then as any init
+                     socket) as SCM_RIGHTS
 
 From there the init builds the container exactly as one forked by `create`
-does (init.py), and reports over the same sync pipe; only the pid it
-reported long ago is still waiting in that pipe, which is where `create`
-reads it from.
+does (init.py), and reports over the same sync pipe.
 
 One thing is not the same. The init's mount namespace is a copy of ours
 taken when it was made, and private: a mount made since (the engine mounts
@@ -54,13 +53,14 @@ ordinary way, and the prepared init is discarded: it reads EOF and exits.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
 
 from mini_docker.errors import MiniDockerError
 from mini_docker.kernel import constants as C
-from mini_docker.kernel import fork, mount, move_mount, open_tree, unshare
+from mini_docker.kernel import fork, mount, move_mount, open_tree, setns, unshare
 from mini_docker.runtime import cgroup
 from mini_docker.runtime.init import InitContext, new_namespace_flags, report_failure, run_init
 from mini_docker.runtime.rootfs import bind_source, is_bind, open_tree_flags
@@ -79,7 +79,7 @@ MAX_FDS = 253  # SCM_RIGHTS carries at most this many descriptors in one message
 class PreparedInit:
     """A container init forked ahead of time, waiting in its new namespaces."""
 
-    __slots__ = ("flags", "group", "stage1", "sync", "_joined", "_socket")
+    __slots__ = ("flags", "group", "init_pid", "sync", "_joined", "_socket")
 
     _made = 0  # how many this process has made: part of each group's name
 
@@ -93,10 +93,10 @@ class PreparedInit:
         self._joined = False  # whether the init has been given a group it is already in
         self.sync = SyncPipe.open()
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.stage1 = fork()
-        if self.stage1 == 0:
+        self.init_pid = _fork_into_new_pid_namespace() if flags & C.CLONE_NEWPID else fork()
+        if self.init_pid == 0:
             self._socket.close()
-            _stage1(self.sync, theirs, flags, self.group)  # never returns
+            _wait_for_work(self.sync, theirs, flags, self.group)  # never returns
         theirs.close()
         self.sync.parent_side()
 
@@ -117,7 +117,7 @@ class PreparedInit:
         """The init's own group, renamed to `path`, with `limits`; None if it has none."""
         if self.group is None:
             return None
-        if not self.wait_until_made():  # stage 1 joins the group by its first name
+        if not self.wait_until_made():  # the init joins the group by its first name
             raise MiniDockerError("the prepared init did not get ready in time")
         group, self.group = self.group.renamed(path), None
         self._joined = True
@@ -153,8 +153,7 @@ class PreparedInit:
                     os.close(fd)
 
     def wait_until_made(self, timeout: float = 5) -> bool:
-        """Wait until stage 1 has joined the group, unshared and forked the init (its report
-        is there to read)."""
+        """Wait until the init has joined its group and made its namespaces (it says so)."""
         import select
 
         return bool(select.select([self.sync.report_r], [], [], timeout)[0])
@@ -168,17 +167,13 @@ class PreparedInit:
             return
         self._socket.close()
         self._socket = None
-        init_pid = None
-        while (message := self.sync.receive()) is not None:  # EOF once the init has gone
-            if message["type"] == "pid":
-                init_pid = message["pid"]
+        while self.sync.receive() is not None:  # EOF once the init has gone
+            pass
         self.sync.close_parent()
-        for pid in (self.stage1, init_pid):
-            if pid:
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass  # re-parented elsewhere (we are no subreaper): its new parent reaps it
+        try:
+            os.waitpid(self.init_pid, 0)
+        except ChildProcessError:
+            pass  # reaped already, by a caller's loop that reaps every child
         if self.group is not None:
             cgroup.remove(self.group.path)  # and "mini-docker/", if nothing else is in it
             self.group = None
@@ -198,32 +193,72 @@ def _make_group(parent: str) -> Cgroup | None:
     return group
 
 
-def _stage1(sync: SyncPipe, sock: socket.socket, flags: int, group: Cgroup | None) -> None:
-    """Join the group, unshare, fork the init, report its pid, exit. Never returns."""
-    status = 1
+def _fork_into_new_pid_namespace() -> int:
+    """fork, the child being PID 1 of a new PID namespace; we stay where we were.
+
+    unshare(CLONE_NEWPID) does not move the caller: it sets the namespace its
+    *next children* are born in. So: unshare, fork, and set our children's
+    namespace back to our own with setns. (create's stage 1 is a process of
+    its own because it cannot do that last step: it must not stay behind in
+    the container's mount and network namespaces. Here every other namespace
+    is made by the child itself, after the fork, and only the PID namespace
+    is made by us. A thread of ours that forked in between would put its
+    child in the new namespace: the engine's spare has one thread.)
+    """
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    pid = -1
+    try:
+        unshare(C.CLONE_NEWPID)
+        pid = fork()
+        return pid
+    finally:
+        if pid != 0:  # the parent (the child, PID 1 there, is where it belongs)
+            setns(own, C.CLONE_NEWPID)
+        os.close(own)
+
+
+def warm_up() -> None:
+    """Run, to no effect, the code the init runs once it has its container.
+
+    The init is a fork: it shares its maker's memory until it writes to a
+    page, and Python writes to every object it uses (reference counts), so
+    the first use of each function, class and constant costs a page copy.
+    Used here once, while nobody waits, they cost the container nothing.
+    """
+    from mini_docker.runtime import process as process_setup
+    from mini_docker.runtime import rootfs as rootfs_setup
+    from mini_docker.runtime.spec import default_spec, parse
+
+    spec = parse(default_spec(["sh"], terminal=False))
+    spec, *_ = pickle.loads(pickle.dumps((spec, "/", "/", None, False), pickle.HIGHEST_PROTOCOL))
+    for m in spec.mounts:
+        rootfs_setup.parse_options(m.options)
+        rootfs_setup.secure_join("/", m.destination)
+        is_bind(m)
+    env = process_setup.environment(spec.process)
+    process_setup.find_executable("sh", env)
+    json.dumps({"type": "ready", "pid": 1})
+    try:
+        mount(None, "/nonexistent/mini-docker-warm-up", None, C.MS_PRIVATE)
+    except OSError:
+        pass
+
+
+def _wait_for_work(sync: SyncPipe, sock: socket.socket, flags: int,
+                   group: Cgroup | None) -> None:
+    """The prepared init: join its group, make its namespaces, wait for a container, then
+    become its init. Never returns."""
     try:
         sync.child_side()
         if group is not None:
             group.join()
-        unshare(flags)
-        if flags & C.CLONE_NEWPID:
-            init_pid = fork()
-            if init_pid == 0:
-                _wait_for_work(sync, sock)
-            sync.send("pid", pid=init_pid)
-            status = 0
-        else:
-            sync.send("pid", pid=os.getpid())
-            _wait_for_work(sync, sock)
-    except BaseException as err:
-        report_failure(sync, err)
-    os._exit(status)
-
-
-def _wait_for_work(sync: SyncPipe, sock: socket.socket) -> None:
-    """The prepared init: wait for a container, then become its init. Never returns."""
-    try:
+        unshare(flags & ~C.CLONE_NEWPID)  # the PID namespace is made already: we are its 1
         mount(None, "/", None, C.MS_PRIVATE | C.MS_REC)  # rootfs step 1, done while idle
+        sync.send("prepared")
+        try:
+            warm_up()
+        except Exception:  # noqa: BLE001  (only ever a matter of speed)
+            pass
         message, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS)
         sock.close()
         if not message:
