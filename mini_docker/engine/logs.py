@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import calendar
 import functools
-import glob
 import json
 import os
 import re
@@ -328,10 +327,15 @@ def _inode(path: str) -> int | None:
 def _rotated(path: str) -> list[str]:
     """path's rotated files, oldest (highest number) first."""
     numbered = []
-    for name in glob.glob(glob.escape(path) + ".*"):
-        suffix = name[len(path) + 1:]
+    directory, base = os.path.split(path)
+    try:
+        names = os.listdir(directory or ".")
+    except FileNotFoundError:
+        return []
+    for name in names:  # not glob: it compiles a pattern for every new path
+        suffix = name[len(base) + 1:] if name.startswith(base + ".") else ""
         if suffix.isdigit():
-            numbered.append((int(suffix), name))
+            numbered.append((int(suffix), os.path.join(directory, name)))
     return [name for _, name in sorted(numbered, reverse=True)]
 
 

@@ -55,7 +55,6 @@ import select
 import socket
 import sys
 from contextlib import suppress
-from dataclasses import asdict
 from typing import NoReturn, Self
 
 from mini_docker.engine.shim import ShimProcess, ShimSpec
@@ -110,7 +109,7 @@ class Zygote:
                     self._process.stdout.close()
                     self._start()
                 try:
-                    socket.send_fds(self._control, [json.dumps(asdict(spec)).encode()], [write_end])
+                    socket.send_fds(self._control, [json.dumps(vars(spec)).encode()], [write_end])
                 except OSError as err:
                     raise MiniDockerError(f"cannot reach the zygote: {err.strerror}") from None
             os.close(write_end)
