@@ -240,6 +240,7 @@ class Engine(Inside, Exits):
             if not os.path.ismount(merged):  # as create left it, spec and all; else again
                 rootfs = self.snapshots.mount_rootfs(record.Id, record.ImageRef)
                 self._write_spec(record, None, str(rootfs))
+            self._await_runtime_gone(record.Id)  # the last run's shim may be tidying up
             (directory / "exit.json").unlink(missing_ok=True)
             log_options = record.HostConfig["LogConfig"]["Config"]
             spec = ShimSpec(
@@ -249,7 +250,8 @@ class Engine(Inside, Exits):
                 log_max_file=int(log_options.get("max-file", 1)),
                 tty=bool(record.Config["Tty"]), open_stdin=bool(record.Config["OpenStdin"]),
                 stdin_once=bool(record.Config["StdinOnce"]), start=not attach)
-            shim = self._zygote_process().spawn(spec)  # and started, unless attaching first
+            # and started, unless attaching first
+            shim = self._zygote_process().spawn(spec, keep_report=True)
             pidfd = self._monitor.open(shim.pid)
             if attach:
                 with ShimClient(shim.socket) as client:
@@ -258,6 +260,8 @@ class Engine(Inside, Exits):
         except BaseException as err:
             if attachment is not None:
                 attachment.close()
+            if shim is not None and shim.report is not None:
+                os.close(shim.report)
             if shim is not None:  # spawned but not started: its container goes, and so does it
                 self._kill_created(record.Id, pidfd)
             self.snapshots.unmount(record.Id)
@@ -274,9 +278,10 @@ class Engine(Inside, Exits):
         self._emit(record, "start")
         self._changed.notify_all()
         if pidfd is None:
+            os.close(shim.report)
             self._shim_exited(record.Id)
         else:
-            self._monitor.watch(record.Id, pidfd)
+            self._monitor.watch(record.Id, pidfd, shim.report)
         return attachment
 
     def stop(self, ref: str, timeout: float | None = None) -> None:
@@ -405,6 +410,7 @@ class Engine(Inside, Exits):
         self.records.delete(record.Id)
         if self.snapshots.container_dir(record.Id).is_dir():
             self.snapshots.remove(record.Id)
+        self._await_runtime_gone(record.Id)  # nothing of it left when rm returns
         del self._containers[record.Id]
         self._removed[record.Id] = record.State
         while len(self._removed) > REMEMBER_REMOVED:
@@ -485,6 +491,25 @@ class Engine(Inside, Exits):
             image_config = self.image_store.config(self.image_store.manifest(record.ImageRef))
         spec = make_spec(record.Id, image_config, record.Config, record.HostConfig, rootfs)
         Path(record.Bundle, "config.json").write_text(json.dumps(spec))  # compact: C-speed
+
+    def _await_runtime_gone(self, container_id: str, timeout: float = 5) -> None:
+        """Wait until the container's runtime state is gone: its shim deletes it just
+        after it has reported the exit (shim.py). A shim that died first left it:
+        then delete it here."""
+        import time
+
+        state = self.runtime_root / container_id
+        deadline = time.monotonic() + timeout
+        while state.exists():
+            if time.monotonic() > deadline:
+                from mini_docker import runtime
+
+                try:
+                    runtime.delete(container_id, force=True, root=self.runtime_root)
+                except MiniDockerError:
+                    pass
+                return
+            time.sleep(0.0005)
 
     def _kill_created(self, container_id: str, pidfd: int | None) -> None:
         """Undo a spawn: kill the created container and wait for its shim to go."""

@@ -13,6 +13,13 @@ A pid is only a number, and numbers are reused. The pidfd is opened while
 the shim is known to be alive (it waits for its start request), so it
 always refers to that process, even if the number is given to another one
 later.
+
+A shim says "exited" a little before it is gone: it writes exit.json, then
+closes the pipe it reported its start on, and only then deletes the
+container's runtime state and cgroup and exits. The engine that started it
+holds the other end of that pipe, and the monitor watches it too: whichever
+of the two comes first is the exit, and the other is only tidied away. An
+engine started later has no such pipe; for it the pidfd alone tells.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ class Monitor:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, int]] = []  # (container id, pidfd) to add
+        self._pending: list[tuple[str, int, int | None]] = []  # (container id, pidfd, report)
         self._timers: list[tuple[float, str]] = []
         self._watched: dict[str, int] = {}
         self._stopping = False
@@ -48,10 +55,11 @@ class Monitor:
         except ProcessLookupError:
             return None
 
-    def watch(self, container_id: str, pidfd: int) -> None:
-        """Call on_exit(container_id) once the process behind `pidfd` exits; pidfd is ours now."""
+    def watch(self, container_id: str, pidfd: int, report: int | None = None) -> None:
+        """Call on_exit(container_id) once the process behind `pidfd` exits, or, if sooner,
+        once `report` (a pipe's read end) reads EOF; both descriptors are ours now."""
         with self._lock:
-            self._pending.append((container_id, pidfd))
+            self._pending.append((container_id, pidfd, report))
         self._wake()
 
     def schedule(self, container_id: str, delay: float) -> None:
@@ -73,8 +81,10 @@ class Monitor:
         for key in list(self._selector.get_map().values()):
             os.close(key.fd)
         self._selector.close()
-        for _, pidfd in self._pending:
+        for _, pidfd, report in self._pending:
             os.close(pidfd)
+            if report is not None:
+                os.close(report)
         os.close(self._wake_w)
 
     def _wake(self) -> None:
@@ -90,8 +100,11 @@ class Monitor:
     def _loop(self) -> None:
         while not self._stopping:
             with self._lock:
-                for container_id, pidfd in self._pending:
-                    self._selector.register(pidfd, selectors.EVENT_READ, container_id)
+                for container_id, pidfd, report in self._pending:
+                    watch = _Watch(container_id, pidfd, report)
+                    self._selector.register(pidfd, selectors.EVENT_READ, watch)
+                    if report is not None:
+                        self._selector.register(report, selectors.EVENT_READ, watch)
                 self._pending.clear()
                 timeout = (max(0.0, self._timers[0][0] - time.monotonic())
                            if self._timers else None)
@@ -103,10 +116,24 @@ class Monitor:
                         except BlockingIOError:
                             break
                     continue
-                self._selector.unregister(key.fd)
-                _reap(key.fd)
-                os.close(key.fd)
-                self._call(self._on_exit, key.data)
+                watch = key.data
+                if key.fd == watch.report and _said_exited(watch.report):
+                    self._selector.unregister(watch.report)
+                    os.close(watch.report)
+                    watch.report = None
+                elif key.fd == watch.pidfd:
+                    self._selector.unregister(watch.pidfd)
+                    if watch.report is not None:
+                        self._selector.unregister(watch.report)
+                        os.close(watch.report)
+                        watch.report = None  # and its event in this batch, if any, is stale
+                    _reap(watch.pidfd)
+                    os.close(watch.pidfd)
+                else:
+                    continue  # a stray byte, not the end
+                if not watch.told:
+                    watch.told = True
+                    self._call(self._on_exit, watch.container_id)
             now = time.monotonic()
             while True:
                 with self._lock:
@@ -123,6 +150,25 @@ class Monitor:
             import sys
 
             print(f"mini-docker: monitor: {container_id[:12]}: {err}", file=sys.stderr)
+
+
+class _Watch:
+    """One shim watched: its pidfd, its report pipe, and whether its exit was told."""
+
+    __slots__ = ("container_id", "pidfd", "report", "told")
+
+    def __init__(self, container_id: str, pidfd: int, report: int | None) -> None:
+        self.container_id, self.pidfd, self.report, self.told = container_id, pidfd, report, False
+
+
+def _said_exited(report: int) -> bool:
+    """Whether the shim has closed its report pipe (read to EOF; it writes nothing more)."""
+    try:
+        while os.read(report, 4096):
+            pass
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _reap(pidfd: int) -> None:

@@ -116,6 +116,7 @@ class ShimProcess:
     pid: int  # the shim's
     init_pid: int  # the container's init, on the host
     socket: str  # abstract socket name, without the leading NUL
+    report: int | None = None  # the pipe it reported on, if kept: EOF once the container exits
 
 
 @dataclass
@@ -213,6 +214,7 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None) -> No
                 start(spec.container_id, root=spec.runtime_root)
                 shim.started = True
             _report(ready, {"init_pid": shim.state.pid, "socket": shim.socket_name})
+            shim.report = ready  # closed once the container has exited: EOF says so
         except BaseException as err:
             with suppress(OSError):
                 _report(ready, error_message(err))
@@ -220,7 +222,6 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None) -> No
                 prepared.discard()  # unless create used it up
             shim.abandon()
             raise
-        os.close(ready)
         shim.serve()
         status = 0
     finally:
@@ -250,6 +251,7 @@ class Shim(ShimServer):
         self.execs: dict[int, ExecProcess] = {}  # pid -> session
         self.exec_count = 0
         self.mount_ns = os.readlink("/proc/self/ns/mnt")
+        self.report: int | None = None
 
     # -- birth --
 
@@ -374,7 +376,13 @@ class Shim(ShimServer):
     # -- death --
 
     def _finish(self, error: str) -> None:
-        """The init has exited: log, runtime state, exit.json, clients; in that order."""
+        """The init has exited: log, exit.json, the engine and clients told, then the
+        runtime state and cgroup deleted; in that order.
+
+        Telling first takes the deleting (a millisecond: a cgroup directory in
+        each hierarchy) off the path of `docker run --rm`. The engine waits for
+        the runtime state to be gone before it starts the container again.
+        """
         spec = self.spec
         self.selector.unregister(self.listener)
         self.listener.close()  # from now on a client is refused: the container is not running
@@ -384,11 +392,7 @@ class Shim(ShimServer):
         if self.logger is not None:
             with suppress(OSError):
                 self.logger.close()
-        oom_killed = self._oom_killed()
-        try:  # before exit.json: once it exists, the id can be created again
-            delete(spec.container_id, force=True, root=spec.runtime_root)
-        except (MiniDockerError, OSError) as err:
-            error = error or f"runtime delete failed: {err}"
+        oom_killed = self._oom_killed()  # read before the cgroup goes
         self._reap()
         for session in list(self.execs.values()):
             if session.exit_code is None:
@@ -397,9 +401,10 @@ class Shim(ShimServer):
         status = ExitStatus(exit_code=255 if self.exit_code is None else self.exit_code,
                             oom_killed=oom_killed, finished_at=self.finished_at or now_rfc3339(),
                             error=error)
-        _write_json(os.path.join(spec.state_dir, "exit.json"), asdict(status))
-        with suppress(FileNotFoundError):
-            os.unlink(os.path.join(spec.state_dir, "shim.json"))
+        exit_json = os.path.join(spec.state_dir, "exit.json")
+        _write_json(exit_json, asdict(status))
+        if self.report is not None:
+            os.close(self.report)  # the engine reads EOF: exit.json is there
         deadline = time.monotonic() + 2
         for conn in list(self.conns):
             if conn.mode == "attach":
@@ -408,6 +413,16 @@ class Shim(ShimServer):
                 conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
                 conn.sock.sendall(conn.outbuf)
             conn.sock.close()
+        try:
+            delete(spec.container_id, force=True, root=spec.runtime_root)
+        except (MiniDockerError, OSError) as err:
+            if not error:  # say so, late as it is
+                status.error = f"runtime delete failed: {err}"
+                with suppress(OSError):
+                    _write_json(exit_json, asdict(status))
+        self._reap()
+        with suppress(FileNotFoundError):
+            os.unlink(os.path.join(spec.state_dir, "shim.json"))
 
     def _oom_killed(self) -> bool:
         """Whether the kernel's OOM killer struck in the container's cgroup (read before delete)."""

@@ -96,9 +96,13 @@ class Zygote:
     def pid(self) -> int:
         return self._process.pid
 
-    def spawn(self, spec: ShimSpec) -> ShimProcess:
+    def spawn(self, spec: ShimSpec, keep_report: bool = False) -> ShimProcess:
         """A shim for `spec`, with its container created when this returns (and started,
-        if `spec.start`)."""
+        if `spec.start`).
+
+        keep_report: keep the pipe the shim reported on (ShimProcess.report, non-blocking):
+        it reads EOF as soon as the container has exited (see monitor.py).
+        """
         read_end, write_end = os.pipe()
         try:
             with self._lock:
@@ -114,9 +118,14 @@ class Zygote:
                     raise MiniDockerError(f"cannot reach the zygote: {err.strerror}") from None
             os.close(write_end)
             write_end = -1
-            return self._await_shim(read_end, spec.container_id)
+            shim = self._await_shim(read_end, spec.container_id)
+            if keep_report:
+                os.set_blocking(read_end, False)
+                shim.report, read_end = read_end, -1
+            return shim
         finally:
-            os.close(read_end)
+            if read_end >= 0:
+                os.close(read_end)
             if write_end >= 0:
                 os.close(write_end)
 
