@@ -570,6 +570,22 @@ def test_run_with_auto_remove_still_returns_the_output_and_stream_gives_lines(en
     assert engine.list(all=True) == []
 
 
+def test_a_log_followed_from_run_is_read_whole_after_the_container_is_removed(engine):
+    record, entries = engine.run("busybox", ["echo", "hi"], logs=True, auto_remove=True)
+    engine.wait(record.Id, condition="removed")
+    assert not (engine.root / "containers" / record.Id).exists()
+    assert [(e.stream, e.data) for e in entries] == [("stdout", b"hi\n")]
+
+
+def test_an_auto_removed_container_that_ends_at_once_still_gives_its_output(engine):
+    """It may be gone before run() looks at it: its log is opened before it starts."""
+    for n in range(5):
+        assert engine.containers.run("busybox", ["echo", str(n)], auto_remove=True) == \
+            f"{n}\n".encode()
+        assert engine.containers.run("busybox", ["true"], auto_remove=True) == b""
+    assert engine.list(all=True) == []
+
+
 def test_exec_instances_create_start_inspect_and_resize(engine):
     c = engine.containers.run("busybox", LONG, detach=True)
     since = time.time()

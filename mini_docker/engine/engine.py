@@ -142,9 +142,11 @@ class Engine(Inside, Exits):
         return self._create(image, command, options, save=True)
 
     def run(self, image: str, command: str | Sequence[str] | None = None, *,
-            attach: Mapping[str, bool] | None = None, remove_on_failure: bool = False,
-            **options: Any):
-        """`docker run`, up to the start: (the record, the Attachment if `attach`).
+            attach: Mapping[str, bool] | None = None, logs: bool = False,
+            remove_on_failure: bool = False, **options: Any):
+        """`docker run`, up to the start: (the record, the Attachment if `attach`, or
+        if `logs` its log entries, followed until it stops, with none missed even if
+        it is auto-removed at once: the log is opened before the start).
 
         create and start as one step, and one record written, once the
         container runs (or its start has failed, which the record then says).
@@ -156,6 +158,12 @@ class Engine(Inside, Exits):
         with self._lock:
             record = self._create(image, command, options, save=False)
             try:
+                if logs and record.LogPath:
+                    self.records.directory(record.Id).mkdir(mode=0o700, parents=True, exist_ok=True)
+                    Path(record.LogPath).touch()  # the shim appends to it
+                    entries = self.log_entries(record.Id, follow=True)
+                    self._start(record)
+                    return record, entries
                 return record, self._start(record, attach)
             except BaseException:
                 if remove_on_failure or record.HostConfig.get("AutoRemove"):

@@ -213,7 +213,20 @@ def read_logs(path: str, *, stdout: bool = True, stderr: bool = True, since: flo
     (with no `is_running`, until the caller stops iterating).
     pause: how to wait `poll` seconds; the engine passes one that also ends
     at the container's exit, so that a follower notices it at once.
+
+    The log is opened now, not at the first entry asked for: a follower
+    then reads to the end even if the container is removed meanwhile (an
+    open file outlives its name), as `docker run --rm` needs.
     """
+    reader = _LogReader(path)
+    return _entries(reader, stdout=stdout, stderr=stderr, since=since, until=until, tail=tail,
+                    follow=follow, is_running=is_running, poll=poll, pause=pause)
+
+
+def _entries(reader: _LogReader, *, stdout: bool, stderr: bool, since: float | None,
+             until: float | None, tail: int | None, follow: bool,
+             is_running: Callable[[], bool] | None, poll: float,
+             pause: Callable[[float], object]) -> Iterator[LogEntry]:
     streams = {name for name, wanted in (("stdout", stdout), ("stderr", stderr)) if wanted}
 
     def wanted(entry: LogEntry) -> bool:
@@ -224,7 +237,6 @@ def read_logs(path: str, *, stdout: bool = True, stderr: bool = True, since: flo
         when = parse_timestamp(entry.time)
         return (since is None or when >= since) and (until is None or when <= until)
 
-    reader = _LogReader(path)
     backlog: Iterable[LogEntry] = filter(wanted, reader.backlog())
     if tail is not None and tail >= 0:
         backlog = deque(backlog, maxlen=tail) if tail else ()

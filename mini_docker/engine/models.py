@@ -232,11 +232,13 @@ class ContainerCollection:
         if detach and remove:
             raise InvalidArgument("the options remove and detach cannot be used together; use "
                                   "auto_remove")
-        record, _ = self._engine.run(image, command, remove_on_failure=remove, **kwargs)
-        container = self.get(record.Id)
+        record, entries = self._engine.run(image, command, logs=not detach,
+                                           remove_on_failure=remove, **kwargs)
+        container = Container(self._engine, record.inspect())  # auto_remove: it may be gone
         if detach:
             return container
-        entries = self._engine.log_entries(container.id, follow=True)
+        if entries is None:  # no log to read (log driver "none")
+            entries = iter(())
         if stream:
             return (entry.data for entry in entries
                     if stdout and entry.stream == "stdout" or stderr and entry.stream == "stderr")

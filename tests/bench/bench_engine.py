@@ -6,7 +6,10 @@ Part 1 times a whole `docker run --rm busybox true` through the engine's
 Python API, from an engine that is already running (its zygote and monitor
 warm): create (name, record, rootfs, config.json), start (overlay mount, a
 shim forked by the zygote, the runtime's create and start), wait for the
-exit, remove (unmount, delete the writable layer and the record). Next to
+exit, remove (unmount, delete the writable layer and the record). As the
+docker CLI does for --rm, the container is auto-removed (auto_remove=True,
+HostConfig.AutoRemove: the engine removes it as it exits); a second row
+removes it the way docker-py's remove=True does, a remove after the wait. Next to
 it, the OCI runtimes alone run the same busybox root filesystem (the very
 directory the image was made from) with `true`: crun and runc, which do no
 image, overlay, record, log or shim work at all. The runs take turns block
@@ -75,9 +78,9 @@ from mini_docker.runtime.spec import default_spec  # noqa: E402
 MIB = 1 << 20
 
 
-def engine_run(engine: Engine) -> float:
+def engine_run(engine: Engine, **remove: bool) -> float:
     started = time.perf_counter()
-    out = engine.containers.run("busybox", ["true"], remove=True)
+    out = engine.containers.run("busybox", ["true"], **remove)
     elapsed = (time.perf_counter() - started) * 1000
     assert out == b"", out
     return elapsed
@@ -193,7 +196,9 @@ def part_one(engine: Engine, docker: Docker | None, workdir: Path, n: int, block
     worker = HiddenUnifiedWorker() if os.path.ismount(UNIFIED) and shutil.which("crun") else None
     try:
         rootfs = engine.root / "rootfs" / "busybox"
-        series = [Series("engine run --rm (warm)", lambda: engine_run(engine)),
+        series = [Series("engine run --rm (warm)", lambda: engine_run(engine, auto_remove=True)),
+                  Series("engine run, remove=True",
+                         lambda: engine_run(engine, remove=True)),
                   *runtime_series(workdir, rootfs, worker)]
         if docker:
             series += [Series(f"docker run --rm (dockerd {docker.release} + runc)",
