@@ -391,6 +391,51 @@ def test_v2_driver_on_the_real_unified_tree(spawn, tmp_path, monkeypatch):
     assert not group.exists() and not os.path.exists(os.path.dirname(group.dir))
 
 
+@pytest.mark.skipif(not LAYOUT.unified, reason="no cgroup2 mount on this host")
+def test_a_child_is_born_in_a_v2_group_and_stage_1_then_joins_nothing():
+    """clone3(CLONE_INTO_CGROUP): no move into the group, so no wait for the kernel's lock."""
+    from mini_docker.kernel import fork_into_cgroup
+    from mini_docker.runtime.create import _fork_stage1
+    from mini_docker.runtime.init import InitContext
+
+    group = V2Cgroup(f"mini-docker-test-{os.getpid()}-born/c", root=LAYOUT.unified)
+    group.create()
+    try:
+        ours = Path("/proc/self/cgroup").read_text()
+        directory = group.directory_fd()
+        read, write = os.pipe()
+        try:
+            pid = fork_into_cgroup(directory)
+            if pid == 0:
+                os.write(write, Path("/proc/self/cgroup").read_bytes())
+                os._exit(0)
+        finally:
+            os.close(directory)
+        os.close(write)
+        assert f"0::/{group.path}\n" in os.read(read, 4096).decode()
+        os.close(read)
+        assert os.waitpid(pid, 0)[1] == 0 and Path("/proc/self/cgroup").read_text() == ours
+        ctx = InitContext(spec=None, bundle="", rootfs="", fifo="", sync=None, cgroup=group)
+        read, write = os.pipe()
+        pid = _fork_stage1(ctx)
+        if pid == 0:  # what stage 1 finds: in the group, with nothing left to join
+            os.write(write, b"%d" % (ctx.cgroup is None and group.procs() == [os.getpid()]))
+            os._exit(0)
+        os.close(write)
+        assert os.read(read, 16) == b"1"
+        os.close(read)
+        assert os.waitpid(pid, 0)[1] == 0 and ctx.cgroup is group  # the parent's is untouched
+    finally:
+        group.destroy()
+    with pytest.raises(OSError):  # a v1 hierarchy's directory: the kernel refuses
+        v1_dir = os.open(next(iter(LAYOUT.v1.values())), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fork_into_cgroup(v1_dir)
+        finally:
+            os.close(v1_dir)
+    assert V1Cgroup("x", dict(LAYOUT.v1)).directory_fd() is None if LAYOUT.v1 else True
+
+
 # --- the V2 driver against a fake tree in the kernel's formats -----------------------------
 
 

@@ -241,6 +241,11 @@ class Cgroup(ABC):
             return f"cgroup {self.path} does not exist: create it first"
         return f"this host's {write.controller} controller has no {write.file} ({where})"
 
+    def directory_fd(self) -> int | None:
+        """Its directory, opened for clone3's CLONE_INTO_CGROUP (kernel.fork_into_cgroup),
+        where a child can be born in the group; None where it cannot (cgroup v1)."""
+        return None
+
     def renamed(self, path: str) -> Cgroup:
         """Rename the group to `path`, a sibling: same parent, another name; return it.
 

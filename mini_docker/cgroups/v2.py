@@ -77,6 +77,9 @@ class V2Cgroup(Cgroup):
     def directories(self) -> list[str]:
         return [self.dir]
 
+    def directory_fd(self) -> int | None:
+        return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
     def renamed(self, path: str) -> Cgroup:
         raise CgroupError(f"cannot rename cgroup {self.path}: cgroup v2 does not rename groups")
 

@@ -82,3 +82,5 @@ OPEN_TREE_CLOEXEC = 0o2000000  # O_CLOEXEC
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000  # the mounts below it too, as MS_REC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4  # the source is the descriptor itself
+SYS_CLONE3 = 435  # clone3(2), Linux 5.3
+CLONE_INTO_CGROUP = 0x200000000  # clone3: the child is born in a cgroup v2 group (Linux 5.7)

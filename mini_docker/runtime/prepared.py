@@ -42,7 +42,10 @@ about 1 ms. So on cgroup v1 the prepared init waits in a group of its own,
 "mini-docker/.prepared-<pid>-<n>", and create *renames* it to the
 container's ("mini-docker/<id>"), then writes the limits: rename(2) of a
 cgroup directory moves nothing and nobody. cgroup v2 does not rename
-groups; there the init joins the container's group when it is handed it.
+groups, and there a process that moves into a group waits for an RCU grace
+period (5 ms and more, measured): create is quicker forking stage 1 straight
+into the container's group (clone3 with CLONE_INTO_CGROUP, create.py), so a
+prepared init is of use on cgroup v1 hosts only (`supported()`).
 
 A prepared init fits a config that asks for exactly its new namespaces
 (plus a cgroup namespace, which the init makes after joining its group, as
@@ -103,10 +106,11 @@ class PreparedInit:
     def fits(self, spec: Spec, preserve_fds: int = 0, group_path: str | None = None) -> bool:
         """Whether a container of `spec` (in the group at `group_path`) can use this init."""
         linux = spec.linux
-        if self.group is not None and group_path is not None and (
-                os.path.dirname(group_path) != os.path.dirname(self.group.path)
+        if group_path is not None and (
+                self.group is None
+                or os.path.dirname(group_path) != os.path.dirname(self.group.path)
                 or cgroup.open_group(group_path).exists()):
-            return False  # its group cannot become that one
+            return False  # its group cannot become that one, and moving would be slow
         return (preserve_fds == 0 and self._socket is not None
                 and sum(map(is_bind, spec.mounts)) <= MAX_FDS - 6
                 and new_namespace_flags(spec) & ~C.CLONE_NEWCGROUP == self.flags
@@ -177,6 +181,14 @@ class PreparedInit:
         if self.group is not None:
             cgroup.remove(self.group.path)  # and "mini-docker/", if nothing else is in it
             self.group = None
+
+
+def supported() -> bool:
+    """Whether a prepared init is of use on this host: its cgroups can be renamed (v1)."""
+    try:
+        return cgroup.open_group("mini-docker/prepared").driver == "v1"
+    except (OSError, MiniDockerError):
+        return False
 
 
 def _make_group(parent: str) -> Cgroup | None:
