@@ -83,6 +83,30 @@ def make(path: str, limits):
     return cgroups.create(path, limits, host_layout())
 
 
+def fork_into(group) -> tuple[int, bool]:
+    """fork, the child born in `group` where the kernel can do that: (pid, born there).
+
+    On cgroup v2, clone3 with CLONE_INTO_CGROUP (kernel.fork_into_cgroup): a
+    process that moves into a group instead waits for an RCU grace period,
+    5 ms and more. On v1 (or a kernel before 5.7) a plain fork, and the child
+    joins the group itself, through `tasks`, which does not wait.
+    """
+    from mini_docker.kernel import fork, fork_into_cgroup
+
+    try:
+        directory = group.directory_fd() if group is not None else None
+    except OSError:  # gone: the child's join will say so
+        directory = None
+    if directory is None:
+        return fork(), False
+    try:
+        return fork_into_cgroup(directory), True
+    except OSError:
+        return fork(), False
+    finally:
+        os.close(directory)
+
+
 def open_group(path: str):
     from mini_docker import cgroups
 

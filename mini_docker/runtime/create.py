@@ -15,7 +15,6 @@ import pwd
 import signal
 
 from mini_docker.errors import InvalidArgument, MiniDockerError
-from mini_docker.kernel import fork, fork_into_cgroup
 from mini_docker.runtime import cgroup
 from mini_docker.runtime import spec as oci
 from mini_docker.runtime.init import InitContext, new_namespace_flags, stage1
@@ -106,22 +105,9 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
 
 
 def _fork_stage1(ctx: InitContext) -> int:
-    """fork stage 1, born in the container's cgroup where the kernel can do that.
-
-    On cgroup v2, clone3 with CLONE_INTO_CGROUP (kernel.fork_into_cgroup): a
-    process that moves into a group instead waits for an RCU grace period,
-    5 ms and more. On v1 stage 1 joins through `tasks`, which does not wait.
-    """
-    directory = ctx.cgroup.directory_fd() if ctx.cgroup is not None else None
-    if directory is None:
-        return fork()
-    try:
-        pid = fork_into_cgroup(directory)
-    except OSError:  # a kernel before 5.7: fork, and join after all
-        return fork()
-    finally:
-        os.close(directory)
-    if pid == 0:
+    """fork stage 1, born in the container's cgroup where the kernel can (cgroup.fork_into)."""
+    pid, born = cgroup.fork_into(ctx.cgroup)
+    if pid == 0 and born:
         ctx.cgroup = None  # in it from birth: nothing to join
     return pid
 

@@ -23,6 +23,7 @@ import os
 from mini_docker.errors import Conflict, InvalidArgument
 from mini_docker.kernel import exit_status, fork, setns
 from mini_docker.runtime import spec as oci
+from mini_docker.runtime.cgroup import fork_into
 from mini_docker.runtime.create import CreateError, _write_atomically
 from mini_docker.runtime.init import _describe, set_up_terminal
 from mini_docker.runtime.process import environment, exec_process, find_executable
@@ -58,8 +59,10 @@ def exec_in(container_id: str, process: Process, *, root: str | os.PathLike | No
     namespaces = _namespace_fds(state)
     sync = SyncPipe.open()
     try:
-        child = fork()
+        child, born = fork_into(StateDir.group(state))  # v2: born in the container's group
         if child == 0:
+            if born:
+                state.cgroup_path = None  # nothing left to join
             _join_and_exec(state, namespaces, process, sync, console, preserve_fds)
     finally:
         for fd in namespaces.values():
