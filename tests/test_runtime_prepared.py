@@ -229,3 +229,36 @@ def _comm(pid: int) -> str:
 def _parent(pid: int) -> int:
     fields = _stat(pid)[1]
     return int(fields[1]) if fields else -1
+
+
+def test_the_group_of_a_killed_maker_is_swept_by_the_next_zygote(engine):
+    """A spare killed outright cannot discard its init's group; the next zygote removes it."""
+    from mini_docker.runtime.prepared import supported
+
+    if not supported():
+        pytest.skip("prepared inits (and their groups) are for cgroup v1 hosts")
+    dead = subprocess_pid_that_exited()
+    stale = cgroup.open_group(f"mini-docker/.prepared-{dead}-1")
+    stale.create()
+    busy = cgroup.open_group(f"mini-docker/.prepared-{dead}-2")  # not empty: left alone
+    busy.create()
+    sleeper = os.fork()
+    if sleeper == 0:
+        busy.join()
+        os.execv("/bin/sleep", ["sleep", "30"])
+    try:
+        engine.containers.run("busybox", ["true"], remove=True)  # starts the zygote
+        assert not stale.exists() and busy.exists()
+    finally:
+        os.kill(sleeper, 9)
+        os.waitpid(sleeper, 0)
+        cgroup.remove(busy.path)
+        cgroup.remove(stale.path)
+
+
+def subprocess_pid_that_exited() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid

@@ -324,6 +324,10 @@ def main(argv: list[str]) -> None:
     for module in PRELOAD:
         importlib.import_module(module)
     host_layout()  # mountinfo, read once here rather than in every shim
+    with suppress(Exception):  # what killed spares left (runtime/prepared.py)
+        from mini_docker.runtime.prepared import sweep
+
+        sweep()
     warm_up()
     gc.freeze()
     serve(control)

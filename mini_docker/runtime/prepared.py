@@ -191,6 +191,26 @@ def supported() -> bool:
         return False
 
 
+def sweep(parent: str = "mini-docker") -> list[str]:
+    """Remove the groups of prepared inits whose maker died without discarding them
+    (killed): empty ones named for a process that is gone. Returns their paths."""
+    removed = []
+    try:
+        hierarchies = cgroup.open_group(parent).directories()
+    except (OSError, MiniDockerError):
+        return removed
+    for name in sorted({n for d in hierarchies if os.path.isdir(d) for n in os.listdir(d)}):
+        maker = name.removeprefix(".prepared-").partition("-")[0]
+        if not name.startswith(".prepared-") or not maker.isdigit() or os.path.exists(
+                f"/proc/{maker}"):
+            continue
+        group = cgroup.open_group(f"{parent}/{name}")
+        if group.exists() and not group.procs():  # never kill: an empty group only
+            cgroup.remove(group.path)
+            removed.append(group.path)
+    return removed
+
+
 def _make_group(parent: str) -> Cgroup | None:
     """An empty group for the init under `parent`, on cgroup v1; None where groups
     cannot be renamed (v2) or made."""
