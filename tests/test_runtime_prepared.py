@@ -173,6 +173,27 @@ def test_a_config_it_does_not_fit_is_created_the_usual_way(runtime_root, tmp_pat
         os.waitpid(prepared.init_pid, os.WNOHANG)
 
 
+def test_it_does_not_fit_a_group_it_cannot_become(tmp_path, busybox_rootfs):
+    """Its own group is renamed to the container's: not into another parent, nor over a
+    group that exists (dockerd may reuse a path)."""
+    prepared = PreparedInit()
+    try:
+        spec = oci.load(make_bundle(tmp_path / "bundle", busybox_rootfs, base_config()))
+        if prepared.group is None:
+            assert not prepared.fits(spec, 0, "mini-docker/p")  # v2: moving would be slow
+            return
+        assert prepared.fits(spec, 0, "mini-docker/p")
+        assert not prepared.fits(spec, 0, "elsewhere/p")
+        taken = cgroup.open_group("mini-docker/taken")
+        taken.create()
+        try:
+            assert not prepared.fits(spec, 0, "mini-docker/taken")
+        finally:
+            taken.destroy()
+    finally:
+        prepared.discard()
+
+
 def test_discarded_it_leaves_no_process(runtime_root):
     prepared = PreparedInit()
     prepared.discard()
