@@ -62,8 +62,8 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
         fifo = os.path.join(directory, "exec.fifo")
         os.mkfifo(fifo, 0o600)
         console = _connect(console_socket) if console_socket else None
-        group = (prepared and prepared.take_group(group_path, limits)
-                 or cgroup.make(group_path, limits))
+        group = (prepared.take_group(group_path, limits) if prepared
+                 else cgroup.make(group_path, limits))
         ctx = InitContext(spec=spec, bundle=bundle, rootfs=oci.root_path(spec, bundle),
                           fifo=fifo, sync=prepared.sync if prepared else SyncPipe.open(),
                           preserve_fds=preserve_fds,

@@ -48,10 +48,12 @@ into the container's group (clone3 with CLONE_INTO_CGROUP, create.py), so a
 prepared init is of use on cgroup v1 hosts only (`supported()`).
 
 A prepared init fits a config that asks for exactly its new namespaces
-(plus a cgroup namespace, which the init makes after joining its group, as
-a cgroup namespace must be), joins none by path, has no user namespace and
-keeps the default rprivate propagation. Anything else is created the
-ordinary way, and the prepared init is discarded: it reads EOF and exits.
+(plus a cgroup namespace, which the init makes once it is in the
+container's group, as a cgroup namespace must be), joins none by path, has
+no user namespace, keeps the default rprivate propagation, and wants a group
+that the init's own can become (beside it, and not there yet). Anything
+else is created the ordinary way, and the prepared init is discarded: it
+reads EOF and exits.
 """
 
 from __future__ import annotations
@@ -82,18 +84,17 @@ MAX_FDS = 253  # SCM_RIGHTS carries at most this many descriptors in one message
 class PreparedInit:
     """A container init forked ahead of time, waiting in its new namespaces."""
 
-    __slots__ = ("flags", "group", "init_pid", "sync", "_joined", "_socket")
+    __slots__ = ("flags", "group", "init_pid", "sync", "_socket")
 
     _made = 0  # how many this process has made: part of each group's name
 
-    def __init__(self, flags: int = DOCKER_NAMESPACES, group_parent: str | None = "mini-docker"
-                 ) -> None:
-        """`group_parent`: where to make its group (cgroup v1 only); None, no group."""
+    def __init__(self, flags: int = DOCKER_NAMESPACES, group_parent: str = "mini-docker") -> None:
+        """`group_parent`: where to make its group (on cgroup v1; elsewhere it has none,
+        and fits no container that has one)."""
         if flags & (C.CLONE_NEWUSER | C.CLONE_NEWCGROUP):
             raise ValueError("a prepared init cannot have a user or cgroup namespace of its own")
         self.flags = flags
-        self.group = _make_group(group_parent) if group_parent else None
-        self._joined = False  # whether the init has been given a group it is already in
+        self.group = _make_group(group_parent)
         self.sync = SyncPipe.open()
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.init_pid = _fork_into_new_pid_namespace() if flags & C.CLONE_NEWPID else fork()
@@ -117,14 +118,13 @@ class PreparedInit:
                 and not any(ns.path for ns in linux.namespaces)
                 and linux.rootfs_propagation in (None, "", "rprivate"))
 
-    def take_group(self, path: str, limits: Resources) -> Cgroup | None:
-        """The init's own group, renamed to `path`, with `limits`; None if it has none."""
+    def take_group(self, path: str, limits: Resources) -> Cgroup:
+        """The init's own group, renamed to `path` (see fits), with `limits`."""
         if self.group is None:
-            return None
+            raise MiniDockerError("this prepared init has no cgroup to give")
         if not self.wait_until_made():  # the init joins the group by its first name
             raise MiniDockerError("the prepared init did not get ready in time")
         group, self.group = self.group.renamed(path), None
-        self._joined = True
         try:
             group.set(limits)
         except BaseException:
@@ -146,8 +146,7 @@ class PreparedInit:
                 if is_bind(m):
                     trees.append(open_tree(bind_source(m, ctx.bundle), open_tree_flags(m)))
             fds = [*stdio, fifo, *trees] + ([ctx.console] if ctx.console is not None else [])
-            join = None if self._joined else ctx.cgroup
-            work = (ctx.spec, ctx.bundle, ctx.rootfs, join, ctx.console is not None)
+            work = (ctx.spec, ctx.bundle, ctx.rootfs, ctx.console is not None)
             socket.send_fds(self._socket, [pickle.dumps(work, pickle.HIGHEST_PROTOCOL)], fds)
         finally:
             self._socket.close()
@@ -262,7 +261,7 @@ def warm_up() -> None:
     from mini_docker.runtime.spec import default_spec, parse
 
     spec = parse(default_spec(["sh"], terminal=False))
-    spec, *_ = pickle.loads(pickle.dumps((spec, "/", "/", None, False), pickle.HIGHEST_PROTOCOL))
+    spec, *_ = pickle.loads(pickle.dumps((spec, "/", "/", False), pickle.HIGHEST_PROTOCOL))
     for m in spec.mounts:
         rootfs_setup.parse_options(m.options)
         rootfs_setup.secure_join("/", m.destination)
@@ -295,11 +294,9 @@ def _wait_for_work(sync: SyncPipe, sock: socket.socket, flags: int,
         sock.close()
         if not message:
             os._exit(0)  # discarded
-        spec, bundle, rootfs, group, has_console = pickle.loads(message)
-        if group is not None:  # first: every process of the container descends from us
-            group.join()
+        spec, bundle, rootfs, has_console = pickle.loads(message)
         if new_namespace_flags(spec) & C.CLONE_NEWCGROUP:
-            unshare(C.CLONE_NEWCGROUP)  # after joining: the group becomes its root
+            unshare(C.CLONE_NEWCGROUP)  # in the container's group by now: it becomes the root
         console = fds.pop() if has_console else None
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
@@ -308,7 +305,7 @@ def _wait_for_work(sync: SyncPipe, sock: socket.socket, flags: int,
         move_mount(rootfs_tree, rootfs)  # the rootfs, as the runtime sees it
         os.close(rootfs_tree)
         ctx = InitContext(spec=spec, bundle=bundle, rootfs=rootfs, fifo=fifo, sync=sync,
-                          console=console, cgroup=group, propagated=True, bind_trees=bind_trees)
+                          console=console, propagated=True, bind_trees=bind_trees)
     except BaseException as err:
         report_failure(sync, err)
         os._exit(1)
