@@ -38,8 +38,9 @@ over a console socket), runtime.create with them as fds 0-2 (and
 runtime.start at once, unless a client is to attach first), report ready,
 then loop: output to the log and to attached clients, requests (start,
 attach, exec, resize), SIGCHLD. When the init exits: drain its output,
-flush the log, note whether the OOM killer struck, runtime.delete, write
-exit.json atomically, give the exit code to attached clients, and exit.
+flush the log, note whether the OOM killer struck, write exit.json
+atomically, tell the engine (close the pipe it reported on) and give the
+exit code to attached clients, then runtime.delete, and exit.
 
 How a shim is born is zygote.py's story; what it serves, shimserver.py's;
 how to talk to one, shimclient.py's.
