@@ -37,6 +37,10 @@ faults of a process that has just been forked (see shim.warm_up), cost a
 few milliseconds. So the zygote keeps one shim forked in advance, a
 *spare*, that has warmed up and waits for work. A request goes to the spare,
 and the zygote forks the next spare while the shim creates its container.
+On a cgroup v1 host the spare also holds the next container's init,
+already in its namespaces and cgroup (runtime/prepared.py). And before it
+forks anything, the zygote runs the code its children run (warm_up below),
+so that they inherit that code already specialised by the interpreter.
 
 The engine sends a request as one datagram on a SOCK_SEQPACKET socket pair:
 the ShimSpec as JSON, with the write end of a pipe attached as SCM_RIGHTS
