@@ -283,3 +283,23 @@ def subprocess_pid_that_exited() -> int:
         os._exit(0)
     os.waitpid(pid, 0)
     return pid
+
+
+def test_on_a_v2_tree_create_forks_into_the_group_and_keeps_no_prepared_init(
+        runtime_root, tmp_path, busybox_rootfs, monkeypatch):
+    """The runtime pointed at this host's real cgroup2 tree, as on a v2 host: stage 1 is
+    born in the container's group (clone3), and a prepared init is of no use there."""
+    from mini_docker.hostcheck.cgroups import CgroupLayout, cgroup_layout
+    from mini_docker.runtime import prepared as prepared_module
+
+    unified = cgroup_layout().unified
+    if not unified:
+        pytest.skip("no cgroup2 tree on this host")
+    monkeypatch.setattr(cgroup, "_layout", CgroupLayout("v2", unified))
+    assert not prepared_module.supported()
+    config = base_config("sh", "-c", "grep '^0::' /proc/self/cgroup")
+    config["linux"]["cgroupsPath"] = f"/mini-docker-test-{os.getpid()}/v2"
+    bundle = make_bundle(tmp_path / "bundle", busybox_rootfs, config)
+    code, output = run_to_end(runtime_root, bundle, None)
+    assert (code, output) == (0, f"0::/mini-docker-test-{os.getpid()}/v2\n")
+    assert not os.path.exists(f"{unified}/mini-docker-test-{os.getpid()}")  # deleted, parent too
