@@ -93,8 +93,9 @@ def test_pids_limit_stops_a_fork_bomb(runtime_root, bundle):
 def test_pause_freezes_and_resume_thaws(runtime_root, bundle, tmp_path):
     counter = tmp_path / "count"
     counter.mkdir()
-    b = bundle(["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /out/n; sleep 0.02; done"], {},
-               name="p")
+    # each count written whole, then renamed over the last: a reader never sees it half-done
+    b = bundle(["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /out/t; mv /out/t /out/n; "
+                "sleep 0.02; done"], {}, name="p")
     config = json.loads((b / "config.json").read_text())
     config["mounts"].append({"destination": "/out", "type": "bind", "source": str(counter),
                              "options": ["rbind", "rw"]})

@@ -179,8 +179,8 @@ def test_it_does_not_fit_a_group_it_cannot_become(tmp_path, busybox_rootfs):
     prepared = PreparedInit()
     try:
         spec = oci.load(make_bundle(tmp_path / "bundle", busybox_rootfs, base_config()))
-        if prepared.group is None:
-            assert not prepared.fits(spec, 0, "mini-docker/p")  # v2: moving would be slow
+        if prepared.stage0:  # v2: it makes the init in whatever group the container has
+            assert prepared.fits(spec, 0, "elsewhere/p")
             return
         assert prepared.fits(spec, 0, "mini-docker/p")
         assert not prepared.fits(spec, 0, "elsewhere/p")
@@ -254,10 +254,8 @@ def _parent(pid: int) -> int:
 
 def test_the_group_of_a_killed_maker_is_swept_by_the_next_zygote(engine):
     """A spare killed outright cannot discard its init's group; the next zygote removes it."""
-    from mini_docker.runtime.prepared import supported
-
-    if not supported():
-        pytest.skip("prepared inits (and their groups) are for cgroup v1 hosts")
+    if cgroup.open_group("mini-docker/x").driver != "v1":
+        pytest.skip("a prepared init has a group of its own on cgroup v1 hosts only")
     dead = subprocess_pid_that_exited()
     stale = cgroup.open_group(f"mini-docker/.prepared-{dead}-1")
     stale.create()
@@ -285,21 +283,25 @@ def subprocess_pid_that_exited() -> int:
     return pid
 
 
-def test_on_a_v2_tree_create_forks_into_the_group_and_keeps_no_prepared_init(
-        runtime_root, tmp_path, busybox_rootfs, monkeypatch):
-    """The runtime pointed at this host's real cgroup2 tree, as on a v2 host: stage 1 is
-    born in the container's group (clone3), and a prepared init is of no use there."""
+@pytest.mark.parametrize("prepare", [False, True], ids=["stage 1", "prepared stage 0"])
+def test_on_a_v2_tree_the_init_is_born_in_its_group(runtime_root, tmp_path, busybox_rootfs,
+                                                    monkeypatch, prepare):
+    """The runtime pointed at this host's real cgroup2 tree, as on a v2 host. Stage 1 is
+    born in the container's group (clone3); a prepared init is a stage 0 there, which
+    forks the init into it when handed the container."""
     from mini_docker.hostcheck.cgroups import CgroupLayout, cgroup_layout
-    from mini_docker.runtime import prepared as prepared_module
 
     unified = cgroup_layout().unified
     if not unified:
         pytest.skip("no cgroup2 tree on this host")
     monkeypatch.setattr(cgroup, "_layout", CgroupLayout("v2", unified))
-    assert not prepared_module.supported()
-    config = base_config("sh", "-c", "grep '^0::' /proc/self/cgroup")
+    prepared = PreparedInit() if prepare else None
+    assert prepared is None or prepared.stage0 and prepared.init_pid is None
+    config = base_config("sh", "-c", "echo pid $$; grep '^0::' /proc/self/cgroup")
     config["linux"]["cgroupsPath"] = f"/mini-docker-test-{os.getpid()}/v2"
     bundle = make_bundle(tmp_path / "bundle", busybox_rootfs, config)
-    code, output = run_to_end(runtime_root, bundle, None)
-    assert (code, output) == (0, f"0::/mini-docker-test-{os.getpid()}/v2\n")
+    if prepared:
+        assert prepared.fits(oci.load(bundle), 0, "mini-docker-test/v2")
+    code, output = run_to_end(runtime_root, bundle, prepared)
+    assert (code, output) == (0, f"pid 1\n0::/mini-docker-test-{os.getpid()}/v2\n")
     assert not os.path.exists(f"{unified}/mini-docker-test-{os.getpid()}")  # deleted, parent too

@@ -274,12 +274,11 @@ def _wait_for_work(sock: socket.socket) -> NoReturn:
         from mini_docker.engine import shim
         from mini_docker.kernel import constants as C
         from mini_docker.kernel import prctl
-        from mini_docker.runtime.prepared import PreparedInit, supported
+        from mini_docker.runtime.prepared import PreparedInit
 
         prctl(C.PR_SET_CHILD_SUBREAPER, 1)  # the prepared init's parent, once stage 1 exits
         with suppress(Exception):  # without it, create forks as usual
-            if supported():
-                prepared = PreparedInit()
+            prepared = PreparedInit()
         # After the fork above, which shares our pages with the init once more.
         with suppress(Exception):  # only ever a matter of speed
             shim.warm_up()

@@ -73,7 +73,7 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
             if child == 0:
                 stage1(ctx)  # never returns
         else:
-            child = prepared.init_pid
+            child = prepared.pid  # the init, or a stage 0 that forks it
             prepared.hand_over(ctx, (0, 1, 2))  # our stdio is the container's
         if console:
             console.close()

@@ -42,16 +42,18 @@ about 1 ms. So on cgroup v1 the prepared init waits in a group of its own,
 "mini-docker/.prepared-<pid>-<n>", and create *renames* it to the
 container's ("mini-docker/<id>"), then writes the limits: rename(2) of a
 cgroup directory moves nothing and nobody. cgroup v2 does not rename
-groups, and there a process that moves into a group waits for an RCU grace
-period (5 ms and more, measured): create is quicker forking stage 1 straight
-into the container's group (clone3 with CLONE_INTO_CGROUP, create.py), so a
-prepared init is of use on cgroup v1 hosts only (`supported()`).
+groups, and there a process that *moves* into a group waits for an RCU
+grace period (5 ms and more, measured). So on v2 what waits is a stage 0,
+in the new namespaces but for the PID namespace, which is its children's:
+handed the container, it forks the init straight into the container's
+group (clone3 with CLONE_INTO_CGROUP: born there, never moved), reports
+the init's pid over the sync pipe, as create's stage 1 does, and exits.
 
 A prepared init fits a config that asks for exactly its new namespaces
 (plus a cgroup namespace, which the init makes once it is in the
 container's group, as a cgroup namespace must be), joins none by path, has
-no user namespace, keeps the default rprivate propagation, and wants a group
-that the init's own can become (beside it, and not there yet). Anything
+no user namespace, keeps the default rprivate propagation, and (on v1)
+wants a group that the init's own can become (beside it, not there yet). Anything
 else is created the ordinary way, and the prepared init is discarded: it
 reads EOF and exits.
 """
@@ -65,7 +67,8 @@ import socket
 
 from mini_docker.errors import MiniDockerError
 from mini_docker.kernel import constants as C
-from mini_docker.kernel import fork, mount, move_mount, open_tree, setns, unshare
+from mini_docker.kernel import (fork, fork_into_cgroup, mount, move_mount, open_tree, setns,
+                                unshare)
 from mini_docker.runtime import cgroup
 from mini_docker.runtime.init import InitContext, new_namespace_flags, report_failure, run_init
 from mini_docker.runtime.rootfs import bind_source, is_bind, open_tree_flags
@@ -77,41 +80,54 @@ if TYPE_CHECKING:
     from mini_docker.cgroups import Cgroup, Resources
 
 # A Docker container's new namespaces, when it shares none with the host or another container.
-DOCKER_NAMESPACES = C.CLONE_NEWNS | C.CLONE_NEWUTS | C.CLONE_NEWIPC | C.CLONE_NEWPID | C.CLONE_NEWNET
+DOCKER_NAMESPACES = (C.CLONE_NEWNS | C.CLONE_NEWUTS | C.CLONE_NEWIPC | C.CLONE_NEWPID
+                     | C.CLONE_NEWNET)
 MAX_FDS = 253  # SCM_RIGHTS carries at most this many descriptors in one message
 
 
 class PreparedInit:
     """A container init forked ahead of time, waiting in its new namespaces."""
 
-    __slots__ = ("flags", "group", "init_pid", "sync", "_socket")
+    __slots__ = ("flags", "group", "pid", "stage0", "sync", "_socket")
 
     _made = 0  # how many this process has made: part of each group's name
 
     def __init__(self, flags: int = DOCKER_NAMESPACES, group_parent: str = "mini-docker") -> None:
-        """`group_parent`: where to make its group (on cgroup v1; elsewhere it has none,
-        and fits no container that has one)."""
+        """`group_parent`: where to make its group (cgroup v1; on v2 it has none, and a
+        stage 0 forks the init into the container's group at hand-over)."""
         if flags & (C.CLONE_NEWUSER | C.CLONE_NEWCGROUP):
             raise ValueError("a prepared init cannot have a user or cgroup namespace of its own")
         self.flags = flags
         self.group = _make_group(group_parent)
+        # Without a group of its own to become the container's, the process made
+        # now is a stage 0, which forks the init into the container's group once
+        # it is known: on cgroup v2, born in it (clone3), never moved.
+        self.stage0 = self.group is None
         self.sync = SyncPipe.open()
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.init_pid = _fork_into_new_pid_namespace() if flags & C.CLONE_NEWPID else fork()
-        if self.init_pid == 0:
+        if self.stage0:
+            self.pid = fork()
+        else:  # the init itself
+            self.pid = _fork_into_new_pid_namespace() if flags & C.CLONE_NEWPID else fork()
+        if self.pid == 0:
             self._socket.close()
-            _wait_for_work(self.sync, theirs, flags, self.group)  # never returns
+            _wait_for_work(self.sync, theirs, flags, self.group, self.stage0)  # never returns
         theirs.close()
         self.sync.parent_side()
+
+    @property
+    def init_pid(self) -> int | None:
+        """The init's pid; None for a stage 0 (it reports the init's once it has forked it)."""
+        return None if self.stage0 else self.pid
 
     def fits(self, spec: Spec, preserve_fds: int = 0, group_path: str | None = None) -> bool:
         """Whether a container of `spec` (in the group at `group_path`) can use this init."""
         linux = spec.linux
-        if group_path is not None and (
-                self.group is None
+        if group_path is not None and not self.stage0 and (
+                self.group is None  # given away already
                 or os.path.dirname(group_path) != os.path.dirname(self.group.path)
                 or cgroup.open_group(group_path).exists()):
-            return False  # its group cannot become that one, and moving would be slow
+            return False  # its group cannot become that one
         return (preserve_fds == 0 and self._socket is not None
                 and sum(map(is_bind, spec.mounts)) <= MAX_FDS - 6
                 and new_namespace_flags(spec) & ~C.CLONE_NEWCGROUP == self.flags
@@ -119,9 +135,12 @@ class PreparedInit:
                 and linux.rootfs_propagation in (None, "", "rprivate"))
 
     def take_group(self, path: str, limits: Resources) -> Cgroup:
-        """The init's own group, renamed to `path` (see fits), with `limits`."""
+        """The container's group, with `limits`: the init's own, renamed to `path` (see
+        fits), or for a stage 0 one made now, which it will fork the init into."""
+        if self.stage0:
+            return cgroup.make(path, limits)
         if self.group is None:
-            raise MiniDockerError("this prepared init has no cgroup to give")
+            raise MiniDockerError("this prepared init has given its cgroup away")
         if not self.wait_until_made():  # the init joins the group by its first name
             raise MiniDockerError("the prepared init did not get ready in time")
         group, self.group = self.group.renamed(path), None
@@ -136,7 +155,7 @@ class PreparedInit:
         """Give the init its container: the context, and as descriptors fds 0-2, the
         FIFO, the rootfs and every bind mount's source, and a console socket."""
         trees: list[int] = []
-        fifo = None
+        fifo = directory = None
         try:
             # Opened here, in our mount namespace: the init's is a copy made before
             # they were mounted (the engine mounts a container's rootfs at create).
@@ -145,13 +164,17 @@ class PreparedInit:
             for m in ctx.spec.mounts:
                 if is_bind(m):
                     trees.append(open_tree(bind_source(m, ctx.bundle), open_tree_flags(m)))
+            if self.stage0 and ctx.cgroup is not None:
+                directory = ctx.cgroup.directory_fd()  # v2: the init is born in it
             fds = [*stdio, fifo, *trees] + ([ctx.console] if ctx.console is not None else [])
-            work = (ctx.spec, ctx.bundle, ctx.rootfs, ctx.console is not None)
+            fds += [directory] if directory is not None else []
+            work = (ctx.spec, ctx.bundle, ctx.rootfs, ctx.console is not None,
+                    ctx.cgroup if self.stage0 else None, directory is not None)
             socket.send_fds(self._socket, [pickle.dumps(work, pickle.HIGHEST_PROTOCOL)], fds)
         finally:
             self._socket.close()
             self._socket = None
-            for fd in [fifo, *trees]:
+            for fd in [fifo, directory, *trees]:
                 if fd is not None:
                     os.close(fd)
 
@@ -174,20 +197,12 @@ class PreparedInit:
             pass
         self.sync.close_parent()
         try:
-            os.waitpid(self.init_pid, 0)
+            os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass  # reaped already, by a caller's loop that reaps every child
         if self.group is not None:
             cgroup.remove(self.group.path)  # and "mini-docker/", if nothing else is in it
             self.group = None
-
-
-def supported() -> bool:
-    """Whether a prepared init is of use on this host: its cgroups can be renamed (v1)."""
-    try:
-        return cgroup.open_group("mini-docker/prepared").driver == "v1"
-    except (OSError, MiniDockerError):
-        return False
 
 
 def sweep(parent: str = "mini-docker") -> list[str]:
@@ -275,15 +290,36 @@ def warm_up() -> None:
         pass
 
 
-def _wait_for_work(sync: SyncPipe, sock: socket.socket, flags: int,
-                   group: Cgroup | None) -> None:
-    """The prepared init: join its group, make its namespaces, wait for a container, then
-    become its init. Never returns."""
+def _fork_the_init(sync: SyncPipe, directory: int | None, group: Cgroup | None) -> None:
+    """A stage 0's last act: fork the init, in the container's group from birth where the
+    kernel can (clone3), report its pid, exit. Returns only in the init."""
+    if directory is not None:
+        try:
+            pid = fork_into_cgroup(directory)
+        except OSError:  # a kernel before 5.7
+            directory = None
+    if directory is None:
+        pid = fork()
+        if pid == 0 and group is not None:
+            group.join()  # v1: through tasks, which does not wait
+    if pid == 0:
+        if directory is not None:
+            os.close(directory)
+        return
+    sync.send("pid", pid=pid)
+    os._exit(0)
+
+
+def _wait_for_work(sync: SyncPipe, sock: socket.socket, flags: int, group: Cgroup | None,
+                   stage0: bool) -> None:
+    """The prepared init (or its stage 0): join its group, make its namespaces, wait for a
+    container, then become its init. Never returns."""
     try:
         sync.child_side()
         if group is not None:
             group.join()
-        unshare(flags & ~C.CLONE_NEWPID)  # the PID namespace is made already: we are its 1
+        # The init is PID 1 of its PID namespace already; a stage 0 makes it for its child.
+        unshare(flags if stage0 else flags & ~C.CLONE_NEWPID)
         mount(None, "/", None, C.MS_PRIVATE | C.MS_REC)  # rootfs step 1, done while idle
         sync.send("prepared")
         try:
@@ -294,7 +330,9 @@ def _wait_for_work(sync: SyncPipe, sock: socket.socket, flags: int,
         sock.close()
         if not message:
             os._exit(0)  # discarded
-        spec, bundle, rootfs, has_console = pickle.loads(message)
+        spec, bundle, rootfs, has_console, join, born = pickle.loads(message)
+        if stage0:
+            _fork_the_init(sync, fds.pop() if born else None, join)  # returns in the init
         if new_namespace_flags(spec) & C.CLONE_NEWCGROUP:
             unshare(C.CLONE_NEWCGROUP)  # in the container's group by now: it becomes the root
         console = fds.pop() if has_console else None

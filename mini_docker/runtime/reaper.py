@@ -48,7 +48,10 @@ def supervise(run_program) -> None:
         os.setpgid(0, 0)
         run_program()
         os._exit(127)
-    os.setpgid(child, child)
+    try:  # both sides set it, so that neither order of the two can miss it
+        os.setpgid(child, child)
+    except PermissionError:
+        pass  # the child has exec'd already (EACCES), having set it itself
     close_inherited_fds()
     while True:
         info = signal.sigwaitinfo(catchable)
