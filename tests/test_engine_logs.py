@@ -214,6 +214,29 @@ def test_tail_reaches_back_into_rotated_files(tmp_path):
     assert texts(read_logs(str(path), tail=7)) == [f"line {n:05d}" for n in range(5, 12)]
 
 
+def test_a_read_while_the_writer_rotates_sees_each_line_once_and_in_order(tmp_path):
+    # Names shift at every rotation (path.1 becomes path.2): a reader that
+    # went by name could read a file twice or skip one.
+    path = tmp_path / "c-json.log"
+    logger = JsonFileLogger(str(path), max_size=1000, max_file=200)  # nothing is dropped
+
+    def writer() -> None:
+        for n in range(0, 2400, 3):
+            write_numbered(logger, 3, n)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = []
+    try:
+        while thread.is_alive():
+            reads.append([e.data for e in read_logs(str(path))])
+    finally:
+        thread.join()
+        logger.close()
+    assert len(os.listdir(tmp_path)) > 100 and len(reads) > 10
+    for lines in reads:
+        assert lines == [b"line %05d\n" % n for n in range(len(lines))]
+
+
 def test_a_torn_or_garbled_line_is_skipped_not_raised(mixed_log):
     with open(mixed_log, "ab") as f:
         f.write(b'{"log":"half a line","str')  # a crash in the middle of a write

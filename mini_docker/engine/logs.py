@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # json.dumps's C encoder, minus its overhead
-from typing import Self
+from typing import BinaryIO, Self
 
 from mini_docker.cgroups import parse_memory
 from mini_docker.errors import InvalidArgument, MiniDockerError
@@ -237,48 +237,65 @@ def _entries(reader: _LogReader, *, stdout: bool, stderr: bool, since: float | N
         when = parse_timestamp(entry.time)
         return (since is None or when >= since) and (until is None or when <= until)
 
-    backlog: Iterable[LogEntry] = filter(wanted, reader.backlog())
-    if tail is not None and tail >= 0:
-        backlog = deque(backlog, maxlen=tail) if tail else ()
-    yield from backlog
-    if not follow:
-        return
-    while True:
-        running = is_running is None or is_running()
-        new = reader.read_new(final=not running)
-        for entry in new:
-            if until is not None and parse_timestamp(entry.time) > until:
-                return
-            if wanted(entry):
-                yield entry
-        if not running or (until is not None and time.time() > until and not new):
+    try:
+        backlog: Iterable[LogEntry] = filter(wanted, reader.backlog())
+        if tail is not None and tail >= 0:
+            backlog = deque(backlog, maxlen=tail) if tail else ()
+        yield from backlog
+        if not follow:
             return
-        if not new:
-            pause(poll)
+        while True:
+            running = is_running is None or is_running()
+            new = reader.read_new(final=not running)
+            for entry in new:
+                if until is not None and parse_timestamp(entry.time) > until:
+                    return
+                if wanted(entry):
+                    yield entry
+            if not running or (until is not None and time.time() > until and not new):
+                return
+            if not new:
+                pause(poll)
+    finally:
+        reader.close()  # the files opened and not read yet (a tail, a stop early)
 
 
 class _LogReader:
     """Reads a log file that may be written and rotated at the same time.
 
-    The current file is opened first and known by its inode. When `path`
-    names another inode, the writer has rotated: what remains in the old
-    file is read, then the files rotated after it (path.K-1 ... path.1),
-    then the new path. A reader that falls several rotations behind the
-    oldest kept file loses what was deleted, as a docker logs -f would.
+    Names move under a reader's feet: between listing path.2 and opening
+    it, a rotation may have made it path.3. So the reader never reads by
+    name. It opens the current file and every rotated one at once, checks
+    that no rotation came in between (each name still has the inode that
+    was opened), and reads the open files: an open file keeps its content
+    whatever its name becomes. When `path` names another inode, the writer
+    has rotated: what remains in the old file is read, then, from a new
+    such snapshot, the files rotated after it, then the new path. A reader
+    that falls more rotations behind than there are files kept loses what
+    was deleted, as a docker logs -f would.
     """
 
     def __init__(self, path: str) -> None:
         self.path = str(path)
-        self.file = _open_for_reading(self.path)
+        self.older, self.file = _snapshot(self.path)
         self.partial = b""  # the start of a line whose end has not been written yet
+        self.last: int | None = None  # the inode of the newest file read from
 
     def backlog(self) -> Iterator[LogEntry]:
         """Every entry already there: the rotated files, then the current one to its end."""
-        current = os.fstat(self.file.fileno()).st_ino if self.file else None
-        for name in _rotated(self.path):
-            if _inode(name) != current:  # rotated since we opened it: read below
-                yield from _read_whole(name)
+        older, self.older = self.older, []
+        for f in older:
+            with f:
+                self.last = os.fstat(f.fileno()).st_ino
+                found = _parse_lines(f)
+            yield from found
         yield from self.read_new(final=False)
+
+    def close(self) -> None:
+        for f in [*self.older, self.file]:
+            if f is not None:
+                f.close()
+        self.older, self.file = [], None
 
     def read_new(self, final: bool) -> list[LogEntry]:
         """The entries written since the last call; `final`: the writer is done, so an
@@ -294,6 +311,7 @@ class _LogReader:
     def _drain(self) -> list[LogEntry]:
         if self.file is None:
             return []
+        self.last = os.fstat(self.file.fileno()).st_ino
         if os.fstat(self.file.fileno()).st_size < self.file.tell():
             self.file.seek(0)  # emptied in place (max_file 1): start again
             self.partial = b""
@@ -309,20 +327,43 @@ class _LogReader:
         found: list[LogEntry] = []
         if self.file is not None:
             found += self._drain()  # what was written before the rename
-            old = os.fstat(self.file.fileno()).st_ino
             self.file.close()
             found += _parse_lines([self.partial]) if self.partial else []
             self.partial = b""
-            names = _rotated(self.path)
-            inodes = [_inode(name) for name in names]
-            newer = names[inodes.index(old) + 1:] if old in inodes else names
-            for name in newer:
-                found += list(_read_whole(name))
-        self.file = _open_for_reading(self.path)
+        older, self.file = _snapshot(self.path)
+        inodes = [os.fstat(f.fileno()).st_ino for f in older]
+        after = inodes.index(self.last) + 1 if self.last in inodes else 0
+        for index, f in enumerate(older):
+            with f:
+                if index >= after:
+                    found += _parse_lines(f)
+                    self.last = inodes[index]
+        if self.file is not None:
+            self.last = os.fstat(self.file.fileno()).st_ino
         return found + self._drain()
 
 
-def _open_for_reading(path: str):
+def _snapshot(path: str) -> tuple[list[BinaryIO], BinaryIO | None]:
+    """path's rotated files (oldest first) and path itself, opened together.
+
+    Tried again until no rotation came between listing and opening: then
+    every name still names the inode opened for it. A rotation always
+    changes path's inode (the old one stays linked as path.1), so none can
+    pass unseen.
+    """
+    while True:
+        names = _rotated(path)
+        files = [_open_for_reading(name) for name in [*names, path]]
+        opened = [os.fstat(f.fileno()).st_ino if f else None for f in files]
+        if _rotated(path) == names and [_inode(name) for name in [*names, path]] == opened \
+                and all(files[:-1]):
+            return files[:-1], files[-1]
+        for f in files:
+            if f is not None:
+                f.close()
+
+
+def _open_for_reading(path: str) -> BinaryIO | None:
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -349,15 +390,6 @@ def _rotated(path: str) -> list[str]:
         if suffix.isdigit():
             numbered.append((int(suffix), os.path.join(directory, name)))
     return [name for _, name in sorted(numbered, reverse=True)]
-
-
-def _read_whole(path: str) -> Iterator[LogEntry]:
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                yield from _parse_lines([line])
-    except FileNotFoundError:
-        return
 
 
 def _parse_lines(lines: Iterable[bytes]) -> list[LogEntry]:
