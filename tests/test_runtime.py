@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -483,6 +484,40 @@ def test_tiny_init_forwards_sigterm_to_the_program(runtime_root, tmp_path, busyb
         assert mini_runc(runtime_root, "kill", "sig", "TERM").returncode == 0  # to PID 1: the init
         assert running.wait(10) == 3
     assert out.read_text() == "got TERM\n"
+
+
+def test_tiny_init_holds_a_sigterm_sent_before_the_program_runs(runtime_root, tmp_path,
+                                                               busybox_rootfs):
+    # PID 1 drops a signal it has no handler for. The init blocks them from
+    # before `start`, so a stop sent at once is forwarded when the program runs.
+    import select
+
+    from mini_docker.kernel import constants as C
+    from mini_docker.kernel import prctl
+    from mini_docker.runtime.create import create
+    from mini_docker.runtime.delete import delete
+    from mini_docker.runtime.kill import kill
+    from mini_docker.runtime.start import start
+
+    b = make_bundle(tmp_path / "b", busybox_rootfs, _with_init(["sleep", "30"]))
+    prctl(C.PR_SET_CHILD_SUBREAPER, 1)  # the init's parent once stage 1 has gone
+    try:
+        state, status = create("early", b, root=runtime_root), None
+        pidfd = os.pidfd_open(state.pid)
+        try:
+            kill("early", "TERM", root=runtime_root)  # still created: waiting for start
+            start("early", root=runtime_root)
+            ended = select.select([pidfd], [], [], 10)[0]  # else it was lost: sleep goes on
+            status = os.waitpid(state.pid, 0)[1] if ended else None
+        finally:
+            os.close(pidfd)
+            delete("early", force=True, root=runtime_root)
+            if status is None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(state.pid, 0)  # killed by delete: ours to reap
+    finally:
+        prctl(C.PR_SET_CHILD_SUBREAPER, 0)
+    assert status is not None and os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
 
 
 def test_run_with_a_terminal_is_interactive_and_follows_resizes(runtime_root, bundle):

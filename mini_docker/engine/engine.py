@@ -258,12 +258,15 @@ class Engine(Inside, Exits):
                 log_max_file=int(log_options.get("max-file", 1)),
                 tty=bool(record.Config["Tty"]), open_stdin=bool(record.Config["OpenStdin"]),
                 stdin_once=bool(record.Config["StdinOnce"]), start=not attach)
-            # and started, unless attaching first
+            # and started, unless attaching first; the time is taken before, so that
+            # a container that ends at once never finishes before it started
+            started_at = now_rfc3339()
             shim = self._zygote_process().spawn(spec, keep_report=True)
             pidfd = self._monitor.open(shim.pid)
             if attach:
                 with ShimClient(shim.socket) as client:
                     attachment = client.attach(**attach)
+                    started_at = now_rfc3339()
                     client.start()
         except BaseException as err:
             if attachment is not None:
@@ -281,7 +284,7 @@ class Engine(Inside, Exits):
             raise
         state = record.State
         state.Status, state.Pid, state.Error = "running", shim.init_pid, ""
-        state.ExitCode, state.OOMKilled, state.StartedAt = 0, False, now_rfc3339()
+        state.ExitCode, state.OOMKilled, state.StartedAt = 0, False, started_at
         self.records.save(record)
         self._emit(record, "start")
         self._changed.notify_all()

@@ -146,6 +146,9 @@ def run_init(ctx: InitContext) -> None:
         env = environment(process)
         enter_cwd(process.cwd)
         executable = find_executable(process.args[0], env)
+        supervised = reaper.wanted(spec.annotations)
+        if supervised:  # from "created" on, a signal waits for the init's loop
+            reaper.hold_signals()
         ctx.sync.send("ready")
         ctx.sync.close_child()
         ready = True
@@ -154,7 +157,7 @@ def run_init(ctx: InitContext) -> None:
         os.write(writer, b"0")
         os.close(writer)
         os.close(fifo)
-        if reaper.wanted(spec.annotations):
+        if supervised:
             reaper.supervise(lambda: exec_process(process, ctx.preserve_fds, executable))
         exec_process(process, ctx.preserve_fds, executable)
     except BaseException as err:

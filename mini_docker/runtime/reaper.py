@@ -38,13 +38,24 @@ def wanted(annotations: dict[str, str]) -> bool:
     return annotations.get(ANNOTATION, "").lower() in ("1", "true", "yes")
 
 
+CATCHABLE = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+def hold_signals() -> None:
+    """Block every signal PID 1 can catch, before the container is reported created.
+
+    PID 1 without a handler drops a signal such as SIGTERM. A blocked one
+    waits, pending, for supervise's first sigwaitinfo: a `docker stop` sent
+    to a created container, or the instant after start, is forwarded, not lost."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, CATCHABLE)
+
+
 def supervise(run_program) -> None:
     """Fork; the child calls `run_program()` (which execs); we reap and forward. Never returns."""
-    catchable = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, catchable)
+    hold_signals()  # held already by the init; for any other caller
     child = os.fork()
     if child == 0:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, catchable)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CATCHABLE)
         os.setpgid(0, 0)
         run_program()
         os._exit(127)
@@ -54,7 +65,7 @@ def supervise(run_program) -> None:
         pass  # the child has exec'd already (EACCES), having set it itself
     close_inherited_fds()
     while True:
-        info = signal.sigwaitinfo(catchable)
+        info = signal.sigwaitinfo(CATCHABLE)
         if info.si_signo == signal.SIGCHLD:
             for pid, status in reap_children():
                 if pid == child:
