@@ -256,6 +256,22 @@ sys.stdin.read()
 """
 
 
+def test_shims_are_the_zygotes_children_and_the_kernel_reaps_them(containers):
+    # The zygote ignores SIGCHLD: its exited children vanish, no zombie is left to wait for.
+    shims = [containers.run("sleep", "100", name=f"r{n}")[1] for n in range(3)]
+    for shim in shims:
+        with open(f"/proc/{shim.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert int(fields[1]) == containers.zygote.pid  # its parent
+        assert int(fields[2]) == shim.pid  # a process group of its own
+    for spec in containers.specs:
+        runtime.kill(spec.container_id, "KILL", root=spec.runtime_root)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{shim.pid}") for shim in shims):
+        assert time.monotonic() < deadline, [process_state_letter(s.pid) for s in shims]
+        time.sleep(0.01)
+
+
 def test_a_killed_zygote_is_replaced(containers, busybox_rootfs):
     with Zygote() as own:
         containers.zygote = own
@@ -447,7 +463,8 @@ def test_only_stdio_and_no_ignored_signals_reach_the_processes(containers):
         fds, sigign = out.decode().split("SigIgn:")
         assert fds.split() == ["0", "1", "2", "3"]  # 3: ls's own /proc/self/fd
         ignored = int(sigign, 16)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
+                    signal.SIGCHLD):  # the zygote ignores SIGCHLD; nothing below it may
             assert not ignored & 1 << (sig - 1), sig  # bit n-1 stands for signal n
 
 

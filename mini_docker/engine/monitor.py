@@ -1,7 +1,7 @@
 """The monitor: one thread that notices when a container's shim exits.
 
-The engine is not the parent of its containers, nor of their shims (the
-shim is double-forked so that it can outlive the engine), so it cannot
+The engine is not the parent of its containers, nor of their shims (a
+shim is the zygote's child, so that it can outlive the engine), so it cannot
 wait(2) for them. Linux gives another way to watch a process that is not
 your child: a *pidfd* (pidfd_open(2), Linux 5.3), a file descriptor that
 becomes readable when the process exits. One thread polls the pidfds of
@@ -174,7 +174,7 @@ def _said_exited(report: int) -> bool:
 def _reap(pidfd: int) -> None:
     """Reap the exited shim if it is our child.
 
-    It is not, usually: the zygote's double fork gave it to the host's init.
+    It is not, usually: it is the zygote's child, or the host init's.
     But if this process is a child subreaper (PR_SET_CHILD_SUBREAPER, as
     `mini-runc run` makes its caller), orphans come to us, and an exited
     one stays a zombie until we wait for it.

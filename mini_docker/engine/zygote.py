@@ -18,21 +18,20 @@ the API server's), and fork copies only the calling thread: a lock that
 another thread held at that moment stays held, forever, in the child. The
 zygote has one thread and does nothing but fork, so it is safe to fork.
 
-Each shim is forked twice:
+Each shim is a child of the zygote, which ignores SIGCHLD: then the kernel
+reaps the zygote's children itself as they exit, with no zombies and no
+wait, and the zygote never has to stop to collect them. A child outlives its
+parent: when the zygote exits, the kernel gives its shims to the host's init
+(or the nearest subreaper), so they outlive the zygote and the engine. The
+engine starts the zygote in a session of its own (setsid), away from the
+engine's terminal: a Ctrl-C there goes to the terminal's foreground process
+group, not to the zygote or its shims. A shim is in that session but not its
+leader, and only a session leader acquires a controlling terminal by opening
+one (a shim opens terminals: its containers' pty masters). Each shim also
+makes a process group of its own, so that a signal to the zygote's group
+does not reach it.
 
-    zygote ──fork──▶ intermediate ──setsid, fork──▶ shim
-                       └─ exits at once; the zygote reaps it
-
-When the intermediate exits, the shim is an orphan, and the kernel gives it
-to the host's init (or the nearest subreaper): it is no longer anybody's
-child here, so it outlives the zygote and the engine. setsid puts it in a
-session of its own, away from the engine's terminal: a Ctrl-C there goes to
-the terminal's foreground process group, not to the shims. The second fork
-leaves the shim a member of that session but not its leader, and only a
-session leader can acquire a controlling terminal by opening one (a shim
-opens terminals: its containers' pty masters).
-
-Forking is cheap, but not free: the two forks, and the copy-on-write page
+Forking is cheap, but not free: the fork, and the copy-on-write page
 faults of a process that has just been forked (see shim.warm_up), cost a
 few milliseconds. So the zygote keeps one shim forked in advance, a
 *spare*, that has warmed up and waits for work. A request goes to the spare,
@@ -56,6 +55,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import sys
 from contextlib import suppress
@@ -233,28 +233,21 @@ def serve(control: socket.socket) -> None:
 
 
 class _Spare:
-    """A shim forked in advance (twice, see above), warmed up, waiting for its ShimSpec."""
+    """A shim forked in advance, warmed up, waiting for its ShimSpec."""
 
     def __init__(self, control: socket.socket) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid_r, pid_w = os.pipe()
-        intermediate = os.fork()
-        if intermediate == 0:
+        self.pid = os.fork()
+        if self.pid == 0:
             try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # it waits for its own children
                 control.close()  # the engine's requests are the zygote's alone
                 self.sock.close()
-                os.setsid()
-                pid = os.fork()
-                if pid == 0:
-                    _wait_for_work(theirs)  # never returns
-                os.write(pid_w, b"%d" % pid)
+                os.setpgid(0, 0)
+                _wait_for_work(theirs)  # never returns
             finally:
-                os._exit(0)
+                os._exit(1)
         theirs.close()
-        os.close(pid_w)
-        os.waitpid(intermediate, 0)
-        self.pid = int(os.read(pid_r, 32) or 0)
-        os.close(pid_r)
 
     def hand_over(self, message: bytes, ready: int) -> None:
         socket.send_fds(self.sock, [message], [ready])
@@ -323,6 +316,7 @@ def main(argv: list[str]) -> None:
     from mini_docker.runtime.cgroup import host_layout
 
     name_process("mini-zygote")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the shims (see above)
     control = socket.socket(fileno=int(argv[0]))
     for module in PRELOAD:
         importlib.import_module(module)
