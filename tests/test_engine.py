@@ -114,6 +114,35 @@ def test_run_returns_the_output_and_remove_leaves_nothing(engine, engine_root):
     assert list((engine_root / "runtime").iterdir()) == []
 
 
+def test_rm_renames_the_files_away_at_once_and_the_janitor_deletes_them(engine, engine_root):
+    c = engine.containers.run("busybox", ["sh", "-c", "mkdir -p /a/b; echo x > /a/b/f"],
+                              detach=True)
+    engine.wait(c.id)
+    layer, record = engine.snapshots.container_dir(c.id), engine.records.directory(c.id)
+    assert (layer / "upper" / "a" / "b" / "f").is_file() and record.is_dir()
+    c.remove()
+    assert not layer.exists() and not record.exists()  # gone from their names as rm returns
+    engine._janitor.drain()
+    for directory in ("containers", "image/containers"):
+        assert list((engine_root / directory).iterdir()) == [], directory
+
+
+def test_the_janitor_deletes_in_order_and_finishes_before_it_closes(tmp_path):
+    from mini_docker.engine.janitor import Janitor
+
+    trees = []
+    for n in range(20):
+        (tmp_path / f"t{n}" / "sub").mkdir(parents=True)
+        (tmp_path / f"t{n}" / "sub" / "file").write_text("x")
+        trees.append(tmp_path / f"t{n}")
+    janitor = Janitor()
+    for tree in trees:
+        janitor.dispose(str(tree))
+    janitor.close()  # no drain first: close itself finishes the work
+    assert list(tmp_path.iterdir()) == []
+    janitor.close()  # twice is harmless
+
+
 def test_a_failing_command_raises_container_error_with_its_stderr(engine):
     with pytest.raises(ContainerError, match="returned non-zero exit status 3: oops") as err:
         engine.containers.run("busybox", ["sh", "-c", "echo oops >&2; exit 3"], name="bad")

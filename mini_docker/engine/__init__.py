@@ -12,6 +12,7 @@ This is what dockerd and containerd are in Docker, in one package:
     shim.py      one small process per container: its parent, stdio and logs
     zygote.py    the fork server that makes shims without a new interpreter
     monitor.py   one thread that notices shims exit (pidfds) and runs restart timers
+    janitor.py   one thread that deletes removed containers' files after rm returns
     logs.py      Docker's json-file log driver
     events.py    the event stream
     stats.py     docker stats, from the cgroup's accounts

@@ -46,6 +46,7 @@ from mini_docker.engine.config import make_config, make_spec
 from mini_docker.engine.events import EventLog
 from mini_docker.engine.exits import Exits
 from mini_docker.engine.inside import Inside
+from mini_docker.engine.janitor import Janitor
 from mini_docker.engine.monitor import Monitor
 from mini_docker.engine.record import ContainerRecord, RecordStore, State, now_rfc3339
 from mini_docker.errors import Conflict, InvalidArgument, MiniDockerError, NotFound
@@ -89,6 +90,7 @@ class Engine(Inside, Exits):
         self._removed: dict[str, State] = {}
         self._execs: dict[str, Any] = {}  # exec ID -> ExecInstance (execs.py)
         self._zygote = None
+        self._janitor = Janitor()
         self._monitor = Monitor(self._shim_exited, self._restart_due)
         self._closed = False
         from mini_docker.engine.models import ContainerCollection, ImageCollection
@@ -418,10 +420,11 @@ class Engine(Inside, Exits):
     def _destroy(self, record: ContainerRecord) -> None:
         # The record goes first, in one rename: a crash after it leaves only a
         # rootfs without a record, which the next engine removes (_restore).
-        self.records.delete(record.Id)
+        # Both are renamed out of the way now and deleted by the janitor (janitor.py).
+        self.records.delete(record.Id, dispose=self._janitor.dispose)
         if self.snapshots.container_dir(record.Id).is_dir():
-            self.snapshots.remove(record.Id)
-        self._await_runtime_gone(record.Id)  # nothing of it left when rm returns
+            self.snapshots.remove(record.Id, dispose=self._janitor.dispose)
+        self._await_runtime_gone(record.Id)  # nothing of it left running when rm returns
         del self._containers[record.Id]
         self._removed[record.Id] = record.State
         while len(self._removed) > REMEMBER_REMOVED:
@@ -476,6 +479,7 @@ class Engine(Inside, Exits):
             return
         self._closed = True
         self._monitor.close()
+        self._janitor.close()
         if self._zygote is not None:
             self._zygote.close()
         os.close(self._lock_fd)

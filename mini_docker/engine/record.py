@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,14 +146,19 @@ class RecordStore:
             except (OSError, ValueError, TypeError):
                 continue  # a create that died before its first save: nothing to know
 
-    def delete(self, container_id: str) -> None:
-        """Remove the container's directory: the record first (one rename), then the rest."""
+    def delete(self, container_id: str,
+               dispose: Callable[[str], None] | None = None) -> None:
+        """Remove the container's directory: the record first (one rename), then the rest,
+        now or, given `dispose` (Janitor.dispose), later."""
         directory = self.directory(container_id)
         if not directory.exists():
             return
         doomed = self.root / f".removing-{container_id}"
         os.rename(directory, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        if dispose is not None:
+            dispose(str(doomed))
+        else:
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def clear_leftovers(self) -> None:
         """Finish removals a crash interrupted, and drop directories that never got a record."""

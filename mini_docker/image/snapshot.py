@@ -66,7 +66,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from mini_docker.errors import Conflict, InvalidArgument, MiniDockerError, NotFound
 from mini_docker.image import whiteout as wh
@@ -321,15 +321,19 @@ class Snapshotter:
                 raise NotFound(f"container {container_id} has no root filesystem") from None
             raise MiniDockerError(f"cannot unmount {merged}: {err.strerror}") from None
 
-    def remove(self, container_id: str) -> None:
-        """Unmount the container's rootfs and delete its upper, work and merged directories."""
+    def remove(self, container_id: str, dispose: Callable[[str], None] | None = None) -> None:
+        """Unmount the container's rootfs and delete its upper, work and merged directories:
+        gone from their name at once, deleted now or, given `dispose`, later."""
         directory = self.container_dir(container_id)
         if not directory.is_dir():
             raise NotFound(f"container {container_id} has no root filesystem")
         self.unmount(container_id)
         doomed = self.container_root / f".removing-{container_id}-{secrets.token_hex(4)}"
         os.rename(directory, doomed)  # the record goes first, in one step
-        shutil.rmtree(doomed)
+        if dispose is not None:
+            dispose(str(doomed))
+        else:
+            shutil.rmtree(doomed)
 
     def clear_removals(self) -> None:
         """Delete what removals that a crash cut short left renamed out of the way."""

@@ -87,10 +87,12 @@ def process_start_time(pid: int) -> int | None:
 
 
 def process_state_letter(pid: int) -> str | None:
+    """Field 3 of /proc/PID/stat (R, S, Z...), or None if there is no such process
+    (ESRCH: it was reaped between the open and the read)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
 
 
