@@ -8,8 +8,11 @@ the container would see empty directories.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -273,6 +276,31 @@ def test_the_group_of_a_killed_maker_is_swept_by_the_next_zygote(engine):
         os.waitpid(sleeper, 0)
         cgroup.remove(busy.path)
         cgroup.remove(stale.path)
+
+
+def test_a_killed_spare_is_replaced_and_the_next_start_goes_on(engine):
+    """A spare killed outright fails the zygote's hand-over; the zygote forks another at
+    once, and it takes the container."""
+    from mini_docker.runtime.prepared import sweep
+
+    engine.containers.run("busybox", ["true"], remove=True)  # the next spare is forked
+    zygote = engine._zygote.pid
+    deadline = time.monotonic() + 10
+    while not (spares := [pid for pid in _all_pids() if _parent(pid) == zygote
+                          and _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]):
+        assert time.monotonic() < deadline, "no spare"
+        time.sleep(0.01)
+    inits = [pid for pid in _all_pids() if _parent(pid) == spares[0]]
+    os.kill(spares[0], signal.SIGKILL)
+    try:
+        assert engine.containers.run("busybox", ["echo", "hi"], remove=True) == b"hi\n"
+    finally:  # its init reads EOF and exits (a child of ours, if we are a subreaper)
+        for pid in inits:
+            while _stat(pid)[1][:1] not in ([], ["Z"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        sweep()  # the group it leaves (see above)
 
 
 def subprocess_pid_that_exited() -> int:
