@@ -70,6 +70,26 @@ def run_to_end(root: Path, bundle: Path, prepared: PreparedInit | None, cid: str
         return os.waitstatus_to_exitcode(status), out.read().decode()
 
 
+MOUNTS_SEEN = ("awk '$5 != \"/\" {print $5, $6, $9, $10, $11}' /proc/self/mountinfo; "
+               "ls -l /dev | awk '{print $1, $NF}'; ls /dev/pts; ps -o pid,comm | head -2")
+
+
+def test_a_prepared_init_builds_the_same_mounts_as_one_forked_at_create(runtime_root, tmp_path,
+                                                                      busybox_rootfs):
+    """Two ways to the same container: the mounts, /dev and PID 1 seen from inside."""
+    config = base_config("sh", "-c", MOUNTS_SEEN)
+    with mounted_later(busybox_rootfs, tmp_path / "rootfs") as rootfs:
+        bundle = make_bundle(tmp_path / "bundle", rootfs, config)
+        forked = run_to_end(runtime_root, bundle, None, cid="forked")
+        prepared = run_to_end(runtime_root, bundle, PreparedInit(), cid="prepared")
+    assert forked[0] == prepared[0] == 0, (forked, prepared)
+    assert prepared[1] == forked[1]
+    lines = [line.strip() for line in prepared[1].splitlines()]
+    assert "/dev/pts rw,nosuid,noexec,relatime devpts rw,gid=5,mode=620,ptmxmode=666" in lines
+    assert "/sys ro,nosuid,nodev,noexec,relatime sysfs ro" in lines
+    assert "crw-rw-rw- null" in lines and "ptmx" in lines and lines[-1].split() == ["1", "sh"]
+
+
 def test_a_prepared_init_sees_the_rootfs_and_binds_mounted_after_it(runtime_root, tmp_path,
                                                                     busybox_rootfs):
     data = tmp_path / "data"
