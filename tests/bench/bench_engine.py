@@ -353,8 +353,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30, help="timed runs per way (default 30)")
     parser.add_argument("--block", type=int, default=10, help="runs per turn (default 10)")
-    parser.add_argument("--many", type=int, default=100, help="containers at once (default 100)")
+    parser.add_argument("--many", type=int, default=100,
+                        help="containers at once (default 100; 0: no part two)")
     args = parser.parse_args()
+    if args.n < 1 or args.block < 1 or args.many < 0:
+        parser.error("--n and --block must be at least 1, --many at least 0")
     if os.geteuid() != 0:
         print("bench_engine: run as root", file=sys.stderr)
         return 1
@@ -369,7 +372,8 @@ def main() -> int:
                 docker = start_docker(stack, engine, workdir)
                 home = docker.daemon.home if docker else None
                 part_one(engine, docker, workdir, args.n, args.block)
-                part_two(engine, docker, args.many)
+                if args.many:
+                    part_two(engine, docker, args.many)
             finally:
                 for record in engine.list(all=True):
                     engine.remove(record.Id, force=True)
