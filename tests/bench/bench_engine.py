@@ -1,6 +1,6 @@
 """The engine's speed next to Docker's: `run --rm busybox true`, and 100 containers at once.
 
-    .venv/bin/python tests/bench/bench_engine.py [--n 30] [--block 10] [--many 100]
+    .venv/bin/python tests/bench/bench_engine.py [--n 30] [--block 10] [--many 100] [--gap-ms 0]
 
 Part 1 times a whole `docker run --rm busybox true` through the engine's
 Python API, from an engine that is already running (its zygote and monitor
@@ -14,6 +14,9 @@ it, the OCI runtimes alone run the same busybox root filesystem (the very
 directory the image was made from) with `true`: crun and runc, which do no
 image, overlay, record, log or shim work at all. The runs take turns block
 by block, as in bench_runtime.py, so that the machine's moods hit them all.
+Back to back is the case the target is set for; `--gap-ms 50` sleeps before
+each run, to time what one `docker run` costs on a machine that was idle (its
+CPUs must be woken, which on a small VM costs every row, unequally).
 
 When docker.io is installed (dockerd, the docker CLI, containerd), the real
 Docker runs the same image beside them: a private dockerd (tests/docker_support.py:
@@ -192,7 +195,8 @@ def start_docker(stack: ExitStack, engine: Engine, workdir: Path) -> Docker | No
 # --- part one: run --rm busybox true ------------------------------------------------------
 
 
-def part_one(engine: Engine, docker: Docker | None, workdir: Path, n: int, block: int) -> None:
+def part_one(engine: Engine, docker: Docker | None, workdir: Path, n: int, block: int,
+             gap_ms: float = 0) -> None:
     worker = HiddenUnifiedWorker() if os.path.ismount(UNIFIED) and shutil.which("crun") else None
     try:
         rootfs = engine.root / "rootfs" / "busybox"
@@ -209,12 +213,15 @@ def part_one(engine: Engine, docker: Docker | None, workdir: Path, n: int, block
         for _ in range(max(1, n // block)):
             for s in series:
                 s.run_once()
-                s.samples.extend(s.run_once() for _ in range(block))
+                for _ in range(block):
+                    time.sleep(gap_ms / 1000)  # 0: back to back
+                    s.samples.append(s.run_once())
     finally:
         if worker:
             worker.close()
     width = max(len(s.name) for s in series) + 2
-    print(f"\n== run --rm busybox true, {len(series[0].samples)} sequential runs each ==")
+    gap = f", {gap_ms:g} ms of sleep before each" if gap_ms else ""
+    print(f"\n== run --rm busybox true, {len(series[0].samples)} sequential runs each{gap} ==")
     print(f"{'':<{width}}{'median':>10}{'p90':>10}")
     for s in series:
         print(f"{s.name:<{width}}{s.median:>8.1f}ms{s.p90:>8.1f}ms")
@@ -355,9 +362,11 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=10, help="runs per turn (default 10)")
     parser.add_argument("--many", type=int, default=100,
                         help="containers at once (default 100; 0: no part two)")
+    parser.add_argument("--gap-ms", type=float, default=0,
+                        help="sleep before each timed run, to time it from an idle machine")
     args = parser.parse_args()
-    if args.n < 1 or args.block < 1 or args.many < 0:
-        parser.error("--n and --block must be at least 1, --many at least 0")
+    if args.n < 1 or args.block < 1 or args.many < 0 or args.gap_ms < 0:
+        parser.error("--n and --block must be at least 1, --many and --gap-ms at least 0")
     if os.geteuid() != 0:
         print("bench_engine: run as root", file=sys.stderr)
         return 1
@@ -371,7 +380,7 @@ def main() -> int:
             try:
                 docker = start_docker(stack, engine, workdir)
                 home = docker.daemon.home if docker else None
-                part_one(engine, docker, workdir, args.n, args.block)
+                part_one(engine, docker, workdir, args.n, args.block, args.gap_ms)
                 if args.many:
                     part_two(engine, docker, args.many)
             finally:
