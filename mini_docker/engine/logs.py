@@ -311,8 +311,9 @@ class _LogReader:
     def _drain(self) -> list[LogEntry]:
         if self.file is None:
             return []
-        self.last = os.fstat(self.file.fileno()).st_ino
-        if os.fstat(self.file.fileno()).st_size < self.file.tell():
+        info = os.fstat(self.file.fileno())
+        self.last = info.st_ino
+        if info.st_size < self.file.tell():
             self.file.seek(0)  # emptied in place (max_file 1): start again
             self.partial = b""
         data = self.file.read()
