@@ -312,6 +312,9 @@ def test_a_killed_spare_is_replaced_and_the_next_start_goes_on(engine):
         time.sleep(0.01)
     inits = [pid for pid in _all_pids() if _parent(pid) == spares[0]]
     os.kill(spares[0], signal.SIGKILL)
+    while os.path.exists(f"/proc/{spares[0]}"):  # dead, its socket closed (one killed in
+        assert time.monotonic() < deadline       # the middle of a hand-over fails that start)
+        time.sleep(0.01)
     try:
         assert engine.containers.run("busybox", ["echo", "hi"], remove=True) == b"hi\n"
     finally:  # its init reads EOF and exits (a child of ours, if we are a subreaper)

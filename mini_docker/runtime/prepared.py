@@ -71,6 +71,7 @@ from mini_docker.kernel import (fork, fork_into_cgroup, mount, move_mount, open_
                                 unshare)
 from mini_docker.runtime import cgroup
 from mini_docker.runtime.init import InitContext, new_namespace_flags, report_failure, run_init
+from mini_docker.runtime.process import close_inherited_fds
 from mini_docker.runtime.rootfs import bind_source, is_bind, open_tree_flags
 from mini_docker.runtime.spec import Spec
 from mini_docker.runtime.sync import SyncPipe
@@ -316,6 +317,9 @@ def _wait_for_work(sync: SyncPipe, sock: socket.socket, flags: int, group: Cgrou
     container, then become its init. Never returns."""
     try:
         sync.child_side()
+        # What our maker had open is not ours: its socket to the zygote above all, which,
+        # held here too, would keep a killed spare's end open and swallow a hand-over.
+        close_inherited_fds(keep=(sync.report_w, sync.go_r, sock.fileno()))
         if group is not None:
             group.join()
         # The init is PID 1 of its PID namespace already; a stage 0 makes it for its child.
