@@ -78,20 +78,22 @@ def check_id(container_id: str) -> str:
 
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (start time in ticks), or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(fields[19])
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def process_state_letter(pid: int) -> str | None:
-    """Field 3 of /proc/PID/stat (R, S, Z...), or None if there is no such process
-    (ESRCH: it was reaped between the open and the read)."""
+    """Field 3 of /proc/PID/stat (R, S, Z...), or None if there is no such process."""
+    fields = _stat_fields(pid)
+    return None if fields is None else fields[0]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 on (after the name, which may hold spaces and ")"), or
+    None if there is no such process (ESRCH: it was reaped between the open and the read)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+            return f.read().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return None
 
