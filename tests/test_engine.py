@@ -111,6 +111,7 @@ def test_run_returns_the_output_and_remove_leaves_nothing(engine, engine_root):
                                 remove=True)
     assert out == b"out\n"
     assert engine.list(all=True) == []
+    engine._janitor.drain()  # it waits for the shim to delete the runtime state (janitor.py)
     assert list((engine_root / "runtime").iterdir()) == []
 
 
@@ -141,6 +142,25 @@ def test_the_janitor_deletes_in_order_and_finishes_before_it_closes(tmp_path):
     janitor.close()  # no drain first: close itself finishes the work
     assert list(tmp_path.iterdir()) == []
     janitor.close()  # twice is harmless
+
+
+def test_the_janitor_calls_work_in_turn_and_drops_what_it_raises(tmp_path):
+    from mini_docker.engine.janitor import Janitor
+
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    seen = []
+
+    def fail():
+        raise RuntimeError("dropped")
+
+    janitor = Janitor()
+    janitor.later(lambda: seen.append((tmp_path / "tree").exists()))
+    janitor.dispose(str(tmp_path / "tree"))
+    janitor.later(fail)
+    janitor.later(lambda: seen.append((tmp_path / "tree").exists()))
+    janitor.drain()
+    assert seen == [True, False]  # in the order handed over, past the failure
+    janitor.close()
 
 
 def test_a_failing_command_raises_container_error_with_its_stderr(engine):

@@ -73,6 +73,17 @@ def test_unknown_program_is_a_clear_error_and_nothing_is_left(runtime_root, bund
     assert result.stderr.count("\n") == 1
 
 
+def test_a_failure_after_ready_is_the_reason_start_gives(runtime_root, bundle):
+    """Limits, user and capabilities are applied between "ready" and the FIFO, while
+    start is on its way: a limit the kernel refuses fails the start, with the reason."""
+    config = base_config("true")
+    config["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 256}]
+    result = run(runtime_root, bundle(process=config["process"]))
+    assert result.returncode == 1
+    assert result.stderr.startswith("mini-runc: container t did not start: ")
+    assert "limit" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
 # --- isolation --------------------------------------------------------------------------
 
 

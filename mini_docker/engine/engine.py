@@ -38,6 +38,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -424,7 +425,8 @@ class Engine(Inside, Exits):
         self.records.delete(record.Id, dispose=self._janitor.dispose)
         if self.snapshots.container_dir(record.Id).is_dir():
             self.snapshots.remove(record.Id, dispose=self._janitor.dispose)
-        self._await_runtime_gone(record.Id)  # nothing of it left running when rm returns
+        # Its shim may still be deleting the runtime state and the cgroup (janitor.py).
+        self._janitor.later(partial(self._await_runtime_gone, record.Id))
         del self._containers[record.Id]
         self._removed[record.Id] = record.State
         while len(self._removed) > REMEMBER_REMOVED:

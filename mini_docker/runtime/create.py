@@ -60,7 +60,8 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
     init_pid, child, group = None, None, None
     try:
         fifo = os.path.join(directory, "exec.fifo")
-        os.mkfifo(fifo, 0o600)
+        os.mkfifo(fifo)
+        os.chmod(fifo, 0o622)  # the init opens it as the container's user (in a 0700 directory)
         console = _connect(console_socket) if console_socket else None
         group = (prepared.take_group(group_path, limits) if prepared
                  else cgroup.make(group_path, limits))

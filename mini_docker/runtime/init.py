@@ -14,8 +14,13 @@ The init then builds the container:
     init:    setsid; the rootfs (mounts, /dev, pivot_root, masks)
              hostname, sysctls, the terminal
              report "ready"             ── `create` returns here
+             limits, user, capabilities, cwd, close fds
              open exec.fifo for writing  ── blocks until `start` opens it
-             limits, user, capabilities, cwd, close fds, execve
+             execve
+
+The steps between "ready" and the FIFO are done while the runtime writes
+its state and `start` is on its way, as runc does them before its FIFO too:
+what is left once `start` comes is one write and the execve.
 
 Everything the init needs must be imported before pivot_root: afterwards
 the host's Python library is out of reach, and a lazy import fails.
@@ -23,6 +28,7 @@ the host's Python library is out of reach, and a lazy import fails.
 Any failure before "ready" goes back to the runtime as a message and the
 runtime removes the container; after it, it is printed on the container's
 stderr and the init exits 127 (not found) or 126 (could not run), as a shell.
+A failure before the FIFO is also written into it, for `start` to fail with.
 
 InitContext is a plain class, not a dataclass: importing dataclasses costs the
 mini-runc command 7 ms of its ~30, and runc's speed is the target.
@@ -41,7 +47,8 @@ from mini_docker.kernel import SyscallError, fork, mount, sethostname, setns, un
 from mini_docker.records import Record
 from mini_docker.runtime import reaper
 from mini_docker.runtime import rootfs as rootfs_setup
-from mini_docker.runtime.process import enter_cwd, environment, exec_process, find_executable
+from mini_docker.runtime.process import (enter_cwd, environment, exec_process, find_executable,
+                                        prepare_exec)
 from mini_docker.runtime.spec import NAMESPACE_TYPES, Spec
 from mini_docker.runtime.sync import SyncPipe
 
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
 # ioctls of <asm-generic/ioctls.h> that Python's termios lacks: unlockpt and ptsname.
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
+PIPE_BUF = 4096  # a write of at most this many bytes to a pipe or FIFO is never split
 
 
 class InitContext(Record):
@@ -152,23 +160,27 @@ def run_init(ctx: InitContext) -> None:
         ctx.sync.send("ready")
         ctx.sync.close_child()
         ready = True
-        # Blocks until `start` opens the FIFO for reading.
-        writer = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
-        os.write(writer, b"0")
-        os.close(writer)
-        os.close(fifo)
         if supervised:
+            await_start(fifo)
             reaper.supervise(lambda: exec_process(process, ctx.preserve_fds, executable))
-        exec_process(process, ctx.preserve_fds, executable)
+        try:  # all but the execve, while `start` is on its way
+            path, env = prepare_exec(process, ctx.preserve_fds, executable, keep=(fifo,))
+        except BaseException as err:
+            try:
+                await_start(fifo, failure=err)
+            except OSError:
+                raise err from None  # then at least the container's stderr says why
+            os._exit(exit_code(err))  # start fails with the reason: it is said once
+        await_start(fifo)
+        os.execve(path, process.args, env)
     except BaseException as err:
         if not ready:
             report_failure(ctx.sync, err)
             os._exit(1)
-        code = 127 if isinstance(err, (FileNotFoundError, ValueError)) else 126
         try:
             os.write(2, f"mini-runc: {_describe(err)}\n".encode())
         finally:
-            os._exit(code)
+            os._exit(exit_code(err))
 
 
 def set_up_terminal(console: int, size: tuple[int, int] | None = None, *,
@@ -208,6 +220,23 @@ def set_up_terminal(console: int, size: tuple[int, int] | None = None, *,
         os.dup2(slave, fd)
     if slave > 2:
         os.close(slave)
+
+
+def exit_code(err: BaseException) -> int:
+    """A shell's: 127 for a program not found, 126 for one that could not run."""
+    return 127 if isinstance(err, (FileNotFoundError, ValueError)) else 126
+
+
+def await_start(fifo: int, failure: BaseException | None = None) -> None:
+    """Block until `start` opens exec.fifo (`fifo`: an O_PATH descriptor of it), then
+    tell it "0", or why the program cannot run."""
+    writer = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        word = b"0" if failure is None else b"!" + _describe(failure).encode()[:PIPE_BUF - 1]
+        os.write(writer, word)  # one write of at most PIPE_BUF bytes: start reads it whole
+    finally:
+        os.close(writer)
+        os.close(fifo)
 
 
 def _describe(err: BaseException) -> str:

@@ -129,9 +129,10 @@ def close_inherited_fds(preserve: int = 0, keep: tuple[int, ...] = ()) -> None:
                 pass  # the directory's own descriptor, already gone
 
 
-def exec_process(process: Process, preserve_fds: int = 0, executable: str | None = None,
-                 keep: tuple[int, ...] = ()) -> None:
-    """Steps 2 to 7 (step 1 too if `executable` is None). Returns only by raising."""
+def prepare_exec(process: Process, preserve_fds: int = 0, executable: str | None = None,
+                 keep: tuple[int, ...] = ()) -> tuple[str, dict[str, str]]:
+    """Steps 2 to 6 (step 1 too if `executable` is None): all but the execve. Returns
+    the program's path and environment."""
     env = environment(process)
     path = executable or find_executable(process.args[0], env)
     set_limits(process)
@@ -141,6 +142,13 @@ def exec_process(process: Process, preserve_fds: int = 0, executable: str | None
     enter_cwd(process.cwd)
     close_inherited_fds(preserve_fds, keep)
     restore_signals()
+    return path, env
+
+
+def exec_process(process: Process, preserve_fds: int = 0, executable: str | None = None,
+                 keep: tuple[int, ...] = ()) -> None:
+    """Steps 2 to 7 (step 1 too if `executable` is None). Returns only by raising."""
+    path, env = prepare_exec(process, preserve_fds, executable, keep)
     os.execve(path, process.args, env)
 
 

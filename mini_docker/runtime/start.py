@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import select
 
-from mini_docker.errors import Conflict
+from mini_docker.errors import Conflict, MiniDockerError
 from mini_docker.runtime.state import StateDir
+
+PIPE_BUF = 4096  # the init's word fits in one read
 
 
 def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: float = 10) -> None:
@@ -25,7 +27,11 @@ def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: 
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         ready, _, _ = select.select([reader], [], [], timeout)
-        if not ready or os.read(reader, 1) != b"0":
+        word = os.read(reader, PIPE_BUF) if ready else b""
+        if word.startswith(b"!"):  # the init could not get its program ready to run
+            raise MiniDockerError(f"container {container_id} did not start: "
+                                  f"{word[1:].decode(errors='replace')}")
+        if word != b"0":
             raise Conflict(f"container {container_id} did not start: its init is gone")
     finally:
         os.close(reader)
