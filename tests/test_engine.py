@@ -103,6 +103,66 @@ def test_a_second_engine_on_the_same_root_is_refused(engine, engine_root):
         Engine(engine_root)
 
 
+# --- shims, one container after another --------------------------------------------------
+
+
+def _shim_of(engine, container) -> int:
+    """The pid of a running container's shim: its init's parent."""
+    with open(f"/proc/{engine.inspect(container.id)['State']['Pid']}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _back_and_idle(shim: int, timeout: float = 10) -> None:
+    """Wait until `shim` is back from its container and idle (named as a spare is), and
+    a moment more, for the zygote to hear that it is free."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{shim}/comm").read_text().strip() != "mini-zygote":
+        assert time.monotonic() < deadline, "the shim did not come back"
+        time.sleep(0.005)
+    time.sleep(0.05)
+
+
+def test_a_shim_serves_the_next_container_once_its_own_has_exited(engine):
+    """One container after another forks no new shim: the last one's, back and idle,
+    takes the next (zygote.py). Each container's output and exit code are its own."""
+    shims = []
+    for n in range(8):
+        c = engine.containers.run("busybox", ["sh", "-c", f"sleep 0.1; echo {n}; exit {n}"],
+                                  detach=True)
+        shims.append(_shim_of(engine, c))
+        assert engine.wait(c.id)["StatusCode"] == n
+        assert c.logs() == f"{n}\n".encode()
+        c.remove()
+        _back_and_idle(shims[-1])
+    assert len(set(shims)) <= 2, shims  # a new shim each time, were they not reused
+
+
+def test_a_shim_comes_back_with_nothing_of_its_last_container_open(engine):
+    """A shim that has anything of its container's still open exits instead of staying
+    (shim.main). So the same shim coming back after a container with a terminal, an
+    attached stdin and an exec with a terminal of its own shows that all of it was
+    closed; and it holds as many descriptors as after a plain container."""
+    c = engine.containers.run("busybox", ["sleep", "0.1"], detach=True)
+    shim = _shim_of(engine, c)
+    engine.wait(c.id)
+    c.remove()
+    _back_and_idle(shim)
+    idle = sorted(os.listdir(f"/proc/{shim}/fd"))
+    c = engine.containers.run("busybox", ["sh"], detach=True, tty=True, stdin_open=True)
+    assert _shim_of(engine, c) == shim
+    result = c.exec_run("tty", tty=True)
+    assert result.exit_code == 0 and result.output.startswith(b"/dev/pts/")
+    c.kill()
+    engine.wait(c.id)
+    c.remove()
+    _back_and_idle(shim)
+    assert sorted(os.listdir(f"/proc/{shim}/fd")) == idle
+    c = engine.containers.run("busybox", ["sh", "-c", "sleep 0.1; echo again"], detach=True)
+    assert _shim_of(engine, c) == shim
+    assert engine.wait(c.id)["StatusCode"] == 0 and c.logs() == b"again\n"
+    c.remove()
+
+
 # --- run, start, stop, kill ----------------------------------------------------------------
 
 

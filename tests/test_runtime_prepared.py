@@ -238,19 +238,27 @@ def test_it_refuses_namespaces_it_cannot_make_in_advance():
         PreparedInit(C.CLONE_NEWNS | C.CLONE_NEWUSER)
 
 
-def test_the_engine_keeps_one_prepared_with_its_spare_shim(engine):
-    """After a container, the zygote's next spare waits with an init in new namespaces."""
+def test_the_engine_keeps_a_prepared_init_with_each_idle_shim(engine):
+    """After a container, each idle shim (the zygote's next spare, and the container's
+    own shim, back) waits with an init in new namespaces."""
     engine.containers.run("busybox", ["true"], remove=True)
     kinds = ("mnt", "uts", "ipc", "pid", "net")
     own = {k: os.readlink(f"/proc/self/ns/{k}") for k in kinds}
-    zygotes = [pid for pid in _all_pids()  # live ones: a used stage 1 waits as a zombie
-               if _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]
-    spares = [pid for pid in zygotes if pid != engine._zygote.pid
-              and os.readlink(f"/proc/{pid}/ns/pid") == own["pid"]]
-    inits = [pid for pid in zygotes if _parent(pid) in spares]
-    assert len(spares) == 1 and len(inits) == 1, (zygotes, spares)
-    theirs = {k: os.readlink(f"/proc/{inits[0]}/ns/{k}") for k in kinds}
-    assert all(theirs[k] != own[k] for k in kinds), theirs
+    deadline = time.monotonic() + 10
+    while True:
+        zygotes = [pid for pid in _all_pids()  # live ones: a used stage 1 waits as a zombie
+                   if _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]
+        idle = [pid for pid in zygotes if pid != engine._zygote.pid
+                and os.readlink(f"/proc/{pid}/ns/pid") == own["pid"]]
+        inits = {shim: [pid for pid in zygotes if _parent(pid) == shim] for shim in idle}
+        theirs = {init: {k: os.readlink(f"/proc/{init}/ns/{k}") for k in kinds}
+                  for found in inits.values() for init in found}
+        if len(idle) == 2 and all(len(found) == 1 for found in inits.values()) and all(
+                ns[k] != own[k] for ns in theirs.values() for k in kinds):
+            break  # the shim back from the container has made its init, and it its namespaces
+        assert time.monotonic() < deadline, (zygotes, inits, theirs)
+        time.sleep(0.01)
+    assert all(_parent(shim) == engine._zygote.pid for shim in idle)
 
 
 def _all_pids() -> list[int]:
@@ -298,23 +306,25 @@ def test_the_group_of_a_killed_maker_is_swept_by_the_next_zygote(engine):
         cgroup.remove(stale.path)
 
 
-def test_a_killed_spare_is_replaced_and_the_next_start_goes_on(engine):
-    """A spare killed outright fails the zygote's hand-over; the zygote forks another at
-    once, and it takes the container."""
+def test_killed_idle_shims_are_replaced_and_the_next_start_goes_on(engine):
+    """Idle shims killed outright (the spare, and the last container's shim, back) fail
+    the zygote's hand-overs; the zygote forks another at once, and it takes the
+    container."""
     from mini_docker.runtime.prepared import sweep
 
     engine.containers.run("busybox", ["true"], remove=True)  # the next spare is forked
     zygote = engine._zygote.pid
     deadline = time.monotonic() + 10
-    while not (spares := [pid for pid in _all_pids() if _parent(pid) == zygote
-                          and _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]):
-        assert time.monotonic() < deadline, "no spare"
+    while len(idle := [pid for pid in _all_pids() if _parent(pid) == zygote
+                       and _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]) < 2:
+        assert time.monotonic() < deadline, f"idle shims: {idle}"
         time.sleep(0.01)
-    inits = [pid for pid in _all_pids() if _parent(pid) == spares[0]]
-    os.kill(spares[0], signal.SIGKILL)
-    while os.path.exists(f"/proc/{spares[0]}"):  # dead, its socket closed (one killed in
-        assert time.monotonic() < deadline       # the middle of a hand-over fails that start)
-        time.sleep(0.01)
+    inits = [pid for pid in _all_pids() if _parent(pid) in idle]
+    for shim in idle:
+        os.kill(shim, signal.SIGKILL)
+    while any(os.path.exists(f"/proc/{shim}") for shim in idle):  # dead, their sockets
+        assert time.monotonic() < deadline  # closed (one killed in the middle of a
+        time.sleep(0.01)                    # hand-over fails that start)
     try:
         assert engine.containers.run("busybox", ["echo", "hi"], remove=True) == b"hi\n"
     finally:  # its init reads EOF and exits (a child of ours, if we are a subreaper)

@@ -71,6 +71,26 @@ def write_file(path: str, value: str) -> None:
         raise CgroupError(f"cannot write '{value}' to {path}: {err.strerror}") from None
 
 
+def write_files(writes: list[tuple[str, str]]) -> None:
+    """write_file for each (path, value), in order; values in a row for one file go
+    through one open of it, each still a write(2) of its own (devices.allow, for one,
+    takes one rule per write)."""
+    fd, current, value = -1, None, ""
+    try:
+        for path, value in writes:
+            if path != current:
+                if fd >= 0:
+                    os.close(fd)
+                fd, current = -1, path
+                fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            os.write(fd, value.encode())
+    except OSError as err:
+        raise CgroupError(f"cannot write '{value}' to {current}: {err.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def wait_until(done: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `done` every few milliseconds; CgroupError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -226,11 +246,11 @@ class Cgroup(ABC):
         """
         self.require(resources)
         writes, warnings = self.plan(resources)
-        for w in writes:
-            if not os.path.exists(self.file_path(w.controller, w.file)):
+        paths = [self.file_path(w.controller, w.file) for w in writes]
+        for path, w in dict(zip(paths, writes)).items():  # each file once
+            if not os.path.exists(path):
                 raise CgroupError(self.missing_file(w))
-        for w in writes:
-            write_file(self.file_path(w.controller, w.file), w.value)
+        write_files(list(zip(paths, (w.value for w in writes))))
         self.warnings = warnings
         return warnings
 

@@ -15,16 +15,19 @@ always refers to that process, even if the number is given to another one
 later.
 
 A shim says "exited" a little before it is gone: it writes exit.json, then
-closes the pipe it reported its start on, and only then deletes the
-container's runtime state and cgroup and exits. The engine that started it
-holds the other end of that pipe, and the monitor watches it too: whichever
-of the two comes first is the exit, and the other is only tidied away. An
-engine started later has no such pipe; for it the pidfd alone tells.
+a last line on the pipe it reported its start on, and closes it, and only
+then deletes the container's runtime state and cgroup and exits. The engine
+that started it holds the other end of that pipe, and the monitor watches it
+too: whichever of the two comes first is the exit, and the other is only
+tidied away. An engine started later has no such pipe; for it the pidfd
+alone tells. The last line also says whether the shim stays, to serve
+another container (zygote.py): then its pidfd is closed at once.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import os
 import selectors
 import threading
@@ -117,10 +120,13 @@ class Monitor:
                             break
                     continue
                 watch = key.data
-                if key.fd == watch.report and _said_exited(watch.report):
+                if key.fd == watch.report and (said := _said_exited(watch)) is not None:
                     self._selector.unregister(watch.report)
                     os.close(watch.report)
                     watch.report = None
+                    if said.get("stays"):  # the shim serves another container next
+                        self._selector.unregister(watch.pidfd)
+                        os.close(watch.pidfd)
                 elif key.fd == watch.pidfd:
                     self._selector.unregister(watch.pidfd)
                     if watch.report is not None:
@@ -155,20 +161,26 @@ class Monitor:
 class _Watch:
     """One shim watched: its pidfd, its report pipe, and whether its exit was told."""
 
-    __slots__ = ("container_id", "pidfd", "report", "told")
+    __slots__ = ("container_id", "pidfd", "report", "said", "told")
 
     def __init__(self, container_id: str, pidfd: int, report: int | None) -> None:
         self.container_id, self.pidfd, self.report, self.told = container_id, pidfd, report, False
+        self.said = bytearray()  # what came on the report pipe
 
 
-def _said_exited(report: int) -> bool:
-    """Whether the shim has closed its report pipe (read to EOF; it writes nothing more)."""
+def _said_exited(watch: _Watch) -> dict | None:
+    """Once the shim has closed its report pipe, its last word (read to EOF); None
+    before. That word is a line, {"exit": ..., "stays": bool}."""
     try:
-        while os.read(report, 4096):
-            pass
+        while chunk := os.read(watch.report, 4096):
+            watch.said += chunk
     except BlockingIOError:
-        return False
-    return True
+        return None
+    last = bytes(watch.said).strip().rpartition(b"\n")[2]
+    try:
+        return json.loads(last) if last else {}
+    except ValueError:
+        return {}
 
 
 def _reap(pidfd: int) -> None:

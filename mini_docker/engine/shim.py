@@ -39,8 +39,10 @@ runtime.start at once, unless a client is to attach first), report ready,
 then loop: output to the log and to attached clients, requests (start,
 attach, exec, resize), SIGCHLD. When the init exits: drain its output,
 flush the log, note whether the OOM killer struck, write exit.json
-atomically, tell the engine (close the pipe it reported on) and give the
-exit code to attached clients, then runtime.delete, and exit.
+atomically, tell the engine (a last line on the pipe it reported on, then
+EOF) and give the exit code to attached clients, then runtime.delete, and
+exit, or close all that was the container's and wait for the next one
+(zygote.py says when a shim stays).
 
 How a shim is born is zygote.py's story; what it serves, shimserver.py's;
 how to talk to one, shimclient.py's.
@@ -58,7 +60,6 @@ import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
 from functools import partial
-from typing import NoReturn
 
 from mini_docker.engine.shimclient import (
     STREAM_NUMBERS,
@@ -197,43 +198,59 @@ def warm_up() -> None:
         sock.close()
 
 
-def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None) -> NoReturn:
-    """The shim process, from its fork to its exit; reports on `ready`, one JSON line each:
-    {"pid": n} at once, then {"init_pid": n, "socket": name} or {"error": ..., "kind": ...}.
+def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
+         zygote: socket.socket | None = None) -> bool:
+    """One container's shim, from its create to its exit; reports on `ready`, one JSON
+    line each: {"pid": n} at once, then {"init_pid": n, "socket": name} or {"error": ...,
+    "kind": ...}, and once the container has exited, {"exit": {...}, "stays": bool}.
 
-    `prepared`: the container's init, made in advance by a spare shim (zygote.py)."""
-    status = 1
+    `prepared`: the container's init, made in advance (zygote.py). `zygote`: the
+    socket to the zygote, for a shim that may serve another container after this
+    one. True if it does: everything of this container's is closed, and the zygote
+    has been told that the shim is free; the caller waits for the next. False:
+    the caller exits. A set-up that fails raises, after it has reported why.
+    """
+    name_process("mini-shim")
+    prctl(C.PR_SET_CHILD_SUBREAPER, 1)
+    _report(ready, {"pid": os.getpid()})
+    shim = Shim(spec, may_stay=zygote is not None)
     try:
-        name_process("mini-shim")
-        prctl(C.PR_SET_CHILD_SUBREAPER, 1)
-        _report(ready, {"pid": os.getpid()})
-        shim = Shim(spec)
-        try:
-            shim.create(prepared)
-            shim.write_record()
-            if spec.start:  # one message from the engine instead of two
-                start(spec.container_id, root=spec.runtime_root)
-                shim.started = True
-            _report(ready, {"init_pid": shim.state.pid, "socket": shim.socket_name})
-            shim.report = ready  # closed once the container has exited: EOF says so
-        except BaseException as err:
-            with suppress(OSError):
-                _report(ready, error_message(err))
-            if prepared is not None:
-                prepared.discard()  # unless create used it up
-            shim.abandon()
-            raise
-        shim.serve()
-        status = 0
-    finally:
-        os._exit(status)
+        shim.create(prepared)
+        if spec.start:  # one message from the engine instead of two
+            start(spec.container_id, root=spec.runtime_root, state=shim.state)
+            shim.started = True
+        shim.write_record()
+        _report(ready, {"init_pid": shim.state.pid, "socket": shim.socket_name})
+        shim.report = ready  # closed once the container has exited: EOF says so
+    except BaseException as err:
+        with suppress(OSError):
+            _report(ready, error_message(err))
+        if prepared is not None:
+            prepared.discard()  # unless create used it up
+        shim.abandon()
+        raise
+    shim.serve()
+    if not shim.stays or zygote is None:
+        return False
+    shim.release()
+    del shim
+    name_process("mini-zygote")  # idle, as a spare is
+    if _open_fds() - {0, 1, 2, zygote.fileno()}:
+        return False  # something of the container's is still open: leave, rather than keep it
+    try:
+        zygote.send(b"free")
+    except OSError:
+        return False  # the zygote has gone
+    return True
 
 
 class Shim(ShimServer):
     """One container's shim: its birth (create), its loop (serve) and its end (_finish)."""
 
-    def __init__(self, spec: ShimSpec) -> None:
+    def __init__(self, spec: ShimSpec, may_stay: bool = False) -> None:
         self.spec = spec
+        self.may_stay = may_stay  # for another container, once this one has exited
+        self.stays = False  # it will: the engine that started it still listens
         self.socket_name = socket_name(spec.state_dir, spec.container_id)
         self.selector = selectors.DefaultSelector()
         self.null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -405,7 +422,16 @@ class Shim(ShimServer):
         exit_json = os.path.join(spec.state_dir, "exit.json")
         _write_json(exit_json, asdict(status))
         if self.report is not None:
-            os.close(self.report)  # the engine reads EOF: exit.json is there
+            # The engine reads this line, then EOF: exit.json is there. If the engine
+            # that started us has gone (EPIPE), whoever comes next watches our pid: we
+            # must exit then, and not stay for another container.
+            stays = self.may_stay and not error
+            try:
+                _report(self.report, {"exit": asdict(status), "stays": stays})
+                self.stays = stays
+            except OSError:
+                pass
+            os.close(self.report)
         deadline = time.monotonic() + 2
         for conn in list(self.conns):
             if conn.mode == "attach":
@@ -425,6 +451,20 @@ class Shim(ShimServer):
         with suppress(FileNotFoundError):
             os.unlink(os.path.join(spec.state_dir, "shim.json"))
 
+    def release(self) -> None:
+        """Close what is left of this container's (its output is closed by now), for a
+        shim that stays for the next one."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in list(self.outputs):
+            self._close_output(self.outputs, fd)
+        if self.stdin is not None:
+            self.stdin.discard()
+        self.selector.close()
+        self.wake.close()
+        self._wake_w.close()
+        os.close(self.null)
+
     def _oom_killed(self) -> bool:
         """Whether the kernel's OOM killer struck in the container's cgroup (read before delete)."""
         try:
@@ -432,6 +472,18 @@ class Shim(ShimServer):
             return bool(group is not None and group.exists() and group.oom_events())
         except (OSError, MiniDockerError):
             return False
+
+
+def _open_fds() -> set[int]:
+    """This process's open descriptors (not the one that listed them, closed by then)."""
+    import fcntl
+
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with suppress(OSError):
+            fcntl.fcntl(int(name), fcntl.F_GETFD)
+            found.add(int(name))
+    return found
 
 
 def _report(fd: int, message: dict) -> None:

@@ -12,14 +12,17 @@ import os
 import select
 
 from mini_docker.errors import Conflict, MiniDockerError
-from mini_docker.runtime.state import StateDir
+from mini_docker.runtime.state import ContainerState, StateDir
 
 PIPE_BUF = 4096  # the init's word fits in one read
 
 
-def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: float = 10) -> None:
+def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: float = 10,
+          state: ContainerState | None = None) -> None:
+    """`state`: the container's, if the caller has it already (it created the container)."""
     states = StateDir(root) if root else StateDir()
-    state = states.load(container_id)
+    if state is None:
+        state = states.load(container_id)
     status = states.status(state)
     if status != "created":
         raise Conflict(f"cannot start a container that is {status}: {container_id}")
