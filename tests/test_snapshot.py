@@ -237,6 +237,27 @@ def test_a_container_rootfs_mounts_again_after_unmount_with_its_changes(snapshot
         snapshots.remove("c1")
 
 
+def test_a_removal_done_later_unmounts_first_and_a_cut_short_one_is_finished(snapshots):
+    """Given `later`, remove renames the container's directory away with its rootfs still
+    mounted, and the work it hands over unmounts it before deleting: nothing is deleted
+    through the overlay. An engine killed before that work is done leaves a `.removing-`
+    directory with a mount in it, which the next one's clear_removals finishes."""
+    pending = []
+    for container_id in ("c1", "c2"):
+        (snapshots.mount_rootfs(container_id, "busybox") / "new.txt").write_text("x")
+        snapshots.remove(container_id, later=pending.append)
+    base = snapshots.snapshot_path(snapshots.layers_of("busybox")[0].chain_id)
+    before = sorted(os.listdir(base))
+    assert not snapshots.container_dir("c1").exists() and len(pending) == 2
+    assert len(overlay_mounts_under(snapshots.container_root)) == 2  # moved with the rename
+    pending[0]()  # the janitor's turn
+    assert len(overlay_mounts_under(snapshots.container_root)) == 1
+    snapshots.clear_removals()  # the next engine's, for the one never done
+    assert overlay_mounts_under(snapshots.container_root) == []
+    assert os.listdir(snapshots.container_root) == []
+    assert sorted(os.listdir(base)) == before  # the layer below is whole
+
+
 @pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "a b"])
 def test_container_ids_cannot_name_other_paths(snapshots, bad):
     with pytest.raises(InvalidArgument, match="invalid container id"):

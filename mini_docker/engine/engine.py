@@ -424,7 +424,7 @@ class Engine(Inside, Exits):
         # Both are renamed out of the way now and deleted by the janitor (janitor.py).
         self.records.delete(record.Id, dispose=self._janitor.dispose)
         if self.snapshots.container_dir(record.Id).is_dir():
-            self.snapshots.remove(record.Id, dispose=self._janitor.dispose)
+            self.snapshots.remove(record.Id, later=self._janitor.later)
         # Its shim may still be deleting the runtime state and the cgroup (janitor.py).
         self._janitor.later(partial(self._await_runtime_gone, record.Id))
         del self._containers[record.Id]

@@ -55,10 +55,11 @@ class Exits:
                 state.ExitCode, state.OOMKilled = ended.exit_code, ended.oom_killed
                 state.FinishedAt, state.Error = ended.finished_at, ended.error or ""
             state.Status, state.Pid = "exited", 0
-            try:
-                self.snapshots.unmount(container_id)
-            except MiniDockerError:
-                pass
+            if not record.HostConfig.get("AutoRemove"):  # else its removal unmounts it, later
+                try:
+                    self.snapshots.unmount(container_id)
+                except MiniDockerError:
+                    pass
             if state.OOMKilled:
                 self._emit(record, "oom")
             self._emit(record, "die", exitCode=str(state.ExitCode))

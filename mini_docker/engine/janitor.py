@@ -10,6 +10,10 @@ returns. An engine that dies before it is done leaves `.removing-`
 directories behind; the next one deletes them as it starts
 (RecordStore.clear_leftovers, Snapshots.clear_removals).
 
+A container removed as it exits (`--rm`) has its root filesystem still
+mounted: the mount moves with the rename, and its unmount is part of the
+deferred work too (Snapshotter.remove), done before anything is deleted.
+
 The same thread waits for what the container's shim still does after the
 container has exited: it deletes the runtime's state and the container's
 cgroup (a rmdir in each cgroup v1 hierarchy) once it has told the engine of

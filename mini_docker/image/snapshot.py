@@ -74,6 +74,7 @@ from mini_docker.image.oci import CHUNK, Descriptor, DiffIDReader, chain_ids, la
 from mini_docker.image.store import Image, ImageStore
 from mini_docker.image.unpack import unpack_layer
 from mini_docker.kernel import mount, run_isolated, umount2
+from mini_docker.kernel.constants import MNT_DETACH
 
 RECORD = "snapshot.json"
 LAYER_INFO = "layer.json"
@@ -321,17 +322,20 @@ class Snapshotter:
                 raise NotFound(f"container {container_id} has no root filesystem") from None
             raise MiniDockerError(f"cannot unmount {merged}: {err.strerror}") from None
 
-    def remove(self, container_id: str, dispose: Callable[[str], None] | None = None) -> None:
+    def remove(self, container_id: str,
+               later: Callable[[Callable[[], object]], None] | None = None) -> None:
         """Unmount the container's rootfs and delete its upper, work and merged directories:
-        gone from their name at once, deleted now or, given `dispose`, later."""
+        gone from their name at once, unmounted and deleted now or, given `later` (to
+        call a function soon: Janitor.later), then. The mount moves with the rename."""
         directory = self.container_dir(container_id)
         if not directory.is_dir():
             raise NotFound(f"container {container_id} has no root filesystem")
-        self.unmount(container_id)
+        if later is None:
+            self.unmount(container_id)
         doomed = self.container_root / f".removing-{container_id}-{secrets.token_hex(4)}"
         os.rename(directory, doomed)  # the record goes first, in one step
-        if dispose is not None:
-            dispose(str(doomed))
+        if later is not None:
+            later(lambda: _delete_removed(doomed))
         else:
             shutil.rmtree(doomed)
 
@@ -340,7 +344,7 @@ class Snapshotter:
         if self.container_root.is_dir():
             for entry in self.container_root.iterdir():
                 if entry.name.startswith(".removing-"):
-                    shutil.rmtree(entry, ignore_errors=True)
+                    _delete_removed(entry)
 
     def diff(self, container_id: str) -> list[tuple[str, str]]:
         """What the container changed, as `docker diff` lists it: ("A"|"C"|"D", path), by path.
@@ -599,6 +603,23 @@ def _tree_size(top: Path) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
     return total
+
+
+def _delete_removed(doomed: Path) -> None:
+    """Delete a container's directory, renamed out of the way by `remove`: its rootfs
+    first unmounted, if it still is mounted (never delete through the overlay). A
+    mount still in use is detached (MNT_DETACH, as Docker's overlay2 does): gone from
+    the tree at once, and from the kernel once its last user lets go."""
+    for flags in (0, MNT_DETACH):
+        try:
+            umount2(doomed / "merged", flags)
+            break
+        except OSError as err:
+            if err.errno in (errno.EINVAL, errno.ENOENT):  # not mounted, or not there
+                break
+            if err.errno != errno.EBUSY or flags:
+                return  # still mounted: leave it, rather than delete what it shows
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _write_json(path: Path, value: object) -> None:
