@@ -32,15 +32,21 @@ BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET = 0.1, 60.0, 10.0  # Docker's restart 
 class Exits:
     """Engine's handling of exits, restarts and recovery."""
 
-    def _shim_exited(self, container_id: str) -> None:
-        """The shim is gone: record how the container ended, then apply its policies."""
-        from mini_docker.engine.shim import read_exit
+    def _shim_exited(self, container_id: str, said: dict | None = None) -> None:
+        """The shim is gone, or has said how the container ended (`said`, as in exit.json):
+        record it, then apply the container's policies."""
+        from mini_docker.engine.shim import ExitStatus, read_exit
 
         with self._lock:
             record = self._containers.get(container_id)
             if record is None or record.State.Status not in ("running", "paused"):
                 return
-            ended = read_exit(str(self.records.directory(container_id)))
+            try:
+                ended = ExitStatus(**said) if said else None
+            except TypeError:  # not the shape it should be: the file has it too
+                ended = None
+            if ended is None:
+                ended = read_exit(str(self.records.directory(container_id)))
             state = record.State
             if ended is None:  # the shim died without a word (killed): the container with it
                 from mini_docker import runtime

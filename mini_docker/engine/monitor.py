@@ -38,7 +38,8 @@ from collections.abc import Callable
 class Monitor:
     """Watches shims by pidfd and runs timers, on one thread of its own."""
 
-    def __init__(self, on_exit: Callable[[str], None], on_timer: Callable[[str], None]) -> None:
+    def __init__(self, on_exit: Callable[[str, dict | None], None],
+                 on_timer: Callable[[str], None]) -> None:
         self._on_exit = on_exit
         self._on_timer = on_timer
         self._selector = selectors.DefaultSelector()
@@ -59,8 +60,9 @@ class Monitor:
             return None
 
     def watch(self, container_id: str, pidfd: int, report: int | None = None) -> None:
-        """Call on_exit(container_id) once the process behind `pidfd` exits, or, if sooner,
-        once `report` (a pipe's read end) reads EOF; both descriptors are ours now."""
+        """Call on_exit(container_id, ended) once the process behind `pidfd` exits, or, if
+        sooner, once `report` (a pipe's read end) reads EOF; `ended` is what the shim
+        said on it of the container's end, or None. Both descriptors are ours now."""
         with self._lock:
             self._pending.append((container_id, pidfd, report))
         self._wake()
@@ -120,6 +122,7 @@ class Monitor:
                             break
                     continue
                 watch = key.data
+                said = None
                 if key.fd == watch.report and (said := _said_exited(watch)) is not None:
                     self._selector.unregister(watch.report)
                     os.close(watch.report)
@@ -139,7 +142,7 @@ class Monitor:
                     continue  # a stray byte, not the end
                 if not watch.told:
                     watch.told = True
-                    self._call(self._on_exit, watch.container_id)
+                    self._call(self._on_exit, watch.container_id, said and said.get("exit"))
             now = time.monotonic()
             while True:
                 with self._lock:
@@ -149,9 +152,9 @@ class Monitor:
                 self._call(self._on_timer, container_id)
 
     @staticmethod
-    def _call(callback: Callable[[str], None], container_id: str) -> None:
+    def _call(callback: Callable[..., None], container_id: str, *args: object) -> None:
         try:
-            callback(container_id)
+            callback(container_id, *args)
         except Exception as err:  # the monitor must outlive one container's trouble
             import sys
 

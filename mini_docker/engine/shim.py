@@ -274,16 +274,10 @@ class Shim(ShimServer):
     # -- birth --
 
     def create(self, prepared: PreparedInit | None = None) -> None:
-        """Listen, then runtime.create with our stdio ends as the container's fds 0-2."""
+        """runtime.create with our stdio ends as the container's fds 0-2; we listen (and
+        catch SIGCHLD) while its init builds the container."""
         spec = self.spec
         os.makedirs(spec.state_dir, exist_ok=True)
-        self._catch_sigchld()
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            self.listener.bind("\0" + self.socket_name)
-        except OSError as err:
-            raise Conflict(f"cannot listen on @{self.socket_name}: {err.strerror}") from None
-        self.listener.listen(16)
         theirs: list[int] = []
         console = ConsoleListener() if spec.tty else None
         try:
@@ -293,7 +287,7 @@ class Shim(ShimServer):
             with self._as_stdio(stdio):
                 self.state = create(spec.container_id, spec.bundle, root=spec.runtime_root,
                                     console_socket=console.path if console else None,
-                                    prepared=prepared)
+                                    prepared=prepared, meanwhile=self._listen)
             if console:
                 self.master = console.receive()
                 self.outputs[self.master] = "stdout"
@@ -309,6 +303,15 @@ class Shim(ShimServer):
                 os.close(fd)
             if console:
                 console.close()
+
+    def _listen(self) -> None:
+        self._catch_sigchld()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            self.listener.bind("\0" + self.socket_name)
+        except OSError as err:
+            raise Conflict(f"cannot listen on @{self.socket_name}: {err.strerror}") from None
+        self.listener.listen(16)
 
     def write_record(self) -> None:
         _write_json(os.path.join(self.spec.state_dir, "shim.json"), {
@@ -422,9 +425,10 @@ class Shim(ShimServer):
         exit_json = os.path.join(spec.state_dir, "exit.json")
         _write_json(exit_json, asdict(status))
         if self.report is not None:
-            # The engine reads this line, then EOF: exit.json is there. If the engine
-            # that started us has gone (EPIPE), whoever comes next watches our pid: we
-            # must exit then, and not stay for another container.
+            # The engine that started us reads how the container ended in this line (as
+            # exit.json, there already, says), then EOF. If it has gone (EPIPE), whoever
+            # comes next watches our pid: we must exit then, and not stay for another
+            # container.
             stays = self.may_stay and not error
             try:
                 _report(self.report, {"exit": asdict(status), "stays": stays})

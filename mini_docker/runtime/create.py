@@ -36,11 +36,14 @@ class CreateError(MiniDockerError):
 
 def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathLike | None = None,
            pid_file: str | None = None, console_socket: str | None = None,
-           preserve_fds: int = 0, prepared: PreparedInit | None = None) -> ContainerState:
+           preserve_fds: int = 0, prepared: PreparedInit | None = None,
+           meanwhile: Callable[[], None] | None = None) -> ContainerState:
     """Create container `container_id` from `bundle`; return its state ("created").
 
     `prepared`: an init made in advance, used if it fits the config and
-    discarded if not; either way it is used up.
+    discarded if not; either way it is used up. `meanwhile`: called while the
+    container's init builds the container, for the caller's own preparations;
+    what it raises undoes the create.
     """
     bundle = os.path.abspath(bundle)
     try:
@@ -63,8 +66,13 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
         os.mkfifo(fifo)
         os.chmod(fifo, 0o622)  # the init opens it as the container's user (in a 0700 directory)
         console = _connect(console_socket) if console_socket else None
-        group = (prepared.take_group(group_path, limits) if prepared
-                 else cgroup.make(group_path, limits))
+        deferred = None  # limits for a group that has its init in it already
+        if prepared is None:
+            group = cgroup.make(group_path, limits)
+        elif prepared.stage0:
+            group = prepared.take_group(group_path, limits)
+        else:  # its own group, renamed; the limits once the init is busy (see below)
+            group, deferred = prepared.take_group(group_path), limits
         ctx = InitContext(spec=spec, bundle=bundle, rootfs=oci.root_path(spec, bundle),
                           fifo=fifo, sync=prepared.sync if prepared else SyncPipe.open(),
                           preserve_fds=preserve_fds,
@@ -76,6 +84,12 @@ def create(container_id: str, bundle: str | os.PathLike, *, root: str | os.PathL
         else:
             child = prepared.pid  # the init, or a stage 0 that forks it
             prepared.hand_over(ctx, (0, 1, 2))  # our stdio is the container's
+            if deferred is not None:
+                # Written while the init builds the container: before it reports ready,
+                # and so before the container's program can run.
+                group.set(deferred)
+        if meanwhile is not None:
+            meanwhile()
         if console:
             console.close()
         state = ContainerState(

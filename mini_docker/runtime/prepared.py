@@ -135,9 +135,10 @@ class PreparedInit:
                 and not any(ns.path for ns in linux.namespaces)
                 and linux.rootfs_propagation in (None, "", "rprivate"))
 
-    def take_group(self, path: str, limits: Resources) -> Cgroup:
-        """The container's group, with `limits`: the init's own, renamed to `path` (see
-        fits), or for a stage 0 one made now, which it will fork the init into."""
+    def take_group(self, path: str, limits: Resources | None = None) -> Cgroup:
+        """The container's group, with `limits` (if given): the init's own, renamed to
+        `path` (see fits), or for a stage 0 one made now, which it will fork the init
+        into."""
         if self.stage0:
             return cgroup.make(path, limits)
         if self.group is None:
@@ -145,11 +146,12 @@ class PreparedInit:
         if not self.wait_until_made():  # the init joins the group by its first name
             raise MiniDockerError("the prepared init did not get ready in time")
         group, self.group = self.group.renamed(path), None
-        try:
-            group.set(limits)
-        except BaseException:
-            cgroup.remove(path)  # the init inside is killed
-            raise
+        if limits is not None:
+            try:
+                group.set(limits)
+            except BaseException:
+                cgroup.remove(path)  # the init inside is killed
+                raise
         return group
 
     def hand_over(self, ctx: InitContext, stdio: tuple[int, int, int]) -> None:
