@@ -160,13 +160,16 @@ def restore_signals() -> None:
     and EFBIG as exceptions instead. A container started from Python would
     inherit that, and `yes | head -1` would never end. Whatever else the
     caller ignored is reset too, except the two real-time signals the C
-    library keeps for itself, which sigaction refuses to touch.
+    library keeps for itself, which sigaction refuses to touch. Which ones
+    are ignored the kernel says in one line of /proc/self/status, SigIgn, a
+    mask with bit n-1 for signal n (the container's /proc: the init needs it
+    for exec.fifo anyway).
     """
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            if signal.getsignal(sig) == signal.SIG_IGN:
+    with open("/proc/self/status", "rb") as f:
+        ignored = next((int(line.split()[1], 16) for line in f if line.startswith(b"SigIgn:")), 0)
+    for sig in range(1, signal.NSIG):
+        if ignored >> (sig - 1) & 1:
+            try:
                 signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            continue
+            except (OSError, ValueError):
+                continue
