@@ -451,6 +451,30 @@ def _fake_group(fake: FakeCgroup2, path: str = "mini-docker/c1") -> V2Cgroup:
     return group
 
 
+@pytest.mark.parametrize("thawing", [True, False])
+def test_a_group_removed_while_it_is_thawed_or_frozen_ends_the_wait_at_once(fake, thawing):
+    """A container killed as it is thawed (`rm -f` of a paused one) exits, and its shim
+    removes the group, maybe before the thaw has been seen: nothing is left to thaw, so
+    the wait is over. A freeze of a group that goes fails at once, not after 5 s."""
+    import shutil
+    import threading
+
+    group = _fake_group(fake)
+    fake.write("mini-docker/c1/cgroup.events", f"populated 1\nfrozen {int(thawing)}\n")
+    timer = threading.Timer(0.1, shutil.rmtree, [fake.root / "mini-docker" / "c1"])
+    timer.start()
+    started = time.monotonic()
+    try:
+        if thawing:
+            group.thaw()  # the fake never says thawed: only the removal ends it
+        else:
+            with pytest.raises(CgroupError, match="removed while it was being frozen"):
+                group.freeze()
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 2
+
+
 def test_v2_create_hands_controllers_down_from_the_root(fake):
     _fake_group(fake)
     assert fake.read("cgroup.subtree_control") == "+cpuset +cpu +io +memory +pids"

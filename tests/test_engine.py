@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -161,6 +162,74 @@ def test_a_shim_comes_back_with_nothing_of_its_last_container_open(engine):
     assert _shim_of(engine, c) == shim
     assert engine.wait(c.id)["StatusCode"] == 0 and c.logs() == b"again\n"
     c.remove()
+
+
+def test_of_many_shims_back_at_once_one_stays_beside_the_spare(engine):
+    """Containers that end together bring their shims back together: the zygote keeps
+    one (MAX_IDLE_SHIMS) beside its spare, and the others exit."""
+    from mini_docker.engine.zygote import MAX_IDLE_SHIMS
+
+    running = [engine.containers.run("busybox", ["sleep", "30"], detach=True)
+               for _ in range(4)]
+    for c in running:
+        c.remove(force=True)
+    zygote, deadline = engine._zygote.pid, time.monotonic() + 10
+    while True:
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == zygote]
+        if len(children) == 1 + MAX_IDLE_SHIMS:
+            break
+        assert time.monotonic() < deadline, f"the zygote's children: {children}"
+        time.sleep(0.01)
+    time.sleep(0.2)  # and no more come back
+    assert len([p for p in os.listdir("/proc") if p.isdigit()
+                and _parent(int(p)) == zygote]) == 1 + MAX_IDLE_SHIMS
+
+
+def test_the_monitor_survives_a_shim_that_stays_and_then_exits_at_once():
+    """A shim says it stays, and is dismissed and exits right away: its report pipe's
+    end and its pidfd can come in one batch. The pidfd, closed at the first, must not
+    be touched at the second (it once killed the monitor's thread, and every exit
+    after it went unheard)."""
+    from mini_docker.engine.monitor import Monitor
+
+    heard, woken = [], threading.Event()
+
+    def on_exit(container_id, ended):
+        heard.append((container_id, ended))
+        woken.set()
+
+    monitor = Monitor(on_exit, lambda _: None)
+    try:
+        for n, stays in enumerate((True, False, True)):
+            read_end, write_end = os.pipe()
+            os.set_blocking(read_end, False)
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_end)
+                line = {"exit": {"exit_code": n}, "stays": stays}
+                os.write(write_end, json.dumps(line).encode() + b"\n")
+                os._exit(0)
+            os.close(write_end)
+            pidfd = os.pidfd_open(pid)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # both ends ready now
+            woken.clear()
+            monitor.watch(f"c{n}", pidfd, read_end)
+            assert woken.wait(5), f"c{n} was not heard of"
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # reaped by the monitor: it reaps a shim of its own that exited
+        assert heard == [(f"c{n}", {"exit_code": n}) for n in range(3)]
+    finally:
+        monitor.close()
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 # --- run, start, stop, kill ----------------------------------------------------------------

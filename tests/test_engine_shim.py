@@ -135,7 +135,7 @@ def process(*args: str, **extra) -> dict:
 # -- life and death --
 
 def test_spawn_creates_the_container_and_start_runs_it(containers):
-    spec, shim = containers.spawn("sh", "-c", "echo out; echo err >&2; exit 3")
+    spec, shim = containers.spawn("sh", "-c", "sleep 0.3; echo out; echo err >&2; exit 3")
     assert comm(shim.pid) == "mini-shim"
     assert runtime.state(spec.container_id, root=spec.runtime_root)["status"] == "created"
     assert read_shim(spec.state_dir) == shim

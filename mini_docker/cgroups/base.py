@@ -91,6 +91,14 @@ def write_files(writes: list[tuple[str, str]]) -> None:
             os.close(fd)
 
 
+def gone_while_waiting(path: str, thawing: bool) -> bool:
+    """For a freezer wait whose group was removed meanwhile: a thaw is done (no process is
+    left to thaw); a freeze fails at once, not after its timeout."""
+    if thawing:
+        return True
+    raise CgroupError(f"cgroup {path} was removed while it was being frozen")
+
+
 def wait_until(done: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `done` every few milliseconds; CgroupError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout

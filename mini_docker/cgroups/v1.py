@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 
-from mini_docker.cgroups.base import Cgroup, CgroupError, Write, kill_each, wait_until, write_file
+from mini_docker.cgroups.base import (Cgroup, CgroupError, Write, gone_while_waiting, kill_each,
+                                      wait_until, write_file)
 from mini_docker.cgroups.resources import Resources, needed_controllers
 from mini_docker.cgroups.stats import (Stats, flat_keyed, read_text, single_value)
 
@@ -209,11 +210,19 @@ class V1Cgroup(Cgroup):
         self._freezer("THAWED")
 
     def _freezer(self, state: str) -> None:
-        """Ask for `state`; the kernel passes through FREEZING until every task has stopped."""
+        """Ask for `state`; the kernel passes through FREEZING until every task has stopped.
+        A group removed meanwhile (its last process gone: a container killed as it is
+        thawed) has nothing left to thaw, and cannot be frozen."""
         path = self.file_path("freezer", "freezer.state")
         write_file(path, state)
-        wait_until(lambda: (read_text(path) or "").strip() == state, 5.0,
-                   f"cgroup {self.path} to be {state}")
+
+        def reached() -> bool:
+            now = read_text(path)
+            if now is None:
+                return gone_while_waiting(self.path, thawing=state == "THAWED")
+            return now.strip() == state
+
+        wait_until(reached, 5.0, f"cgroup {self.path} to be {state}")
 
     def frozen(self) -> bool:
         return (self._read("freezer", "freezer.state") or "").strip() == "FROZEN"

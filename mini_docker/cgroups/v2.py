@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 
-from mini_docker.cgroups.base import Cgroup, CgroupError, Write, wait_until, write_file
+from mini_docker.cgroups.base import (Cgroup, CgroupError, Write, gone_while_waiting, wait_until,
+                                      write_file)
 from mini_docker.cgroups.resources import DEFAULT_PERIOD, Resources, needed_controllers
 from mini_docker.cgroups.stats import (Pressure, Stats, flat_keyed, io_bytes, nested_keyed,
                                        parse_pressure, read_text, single_value)
@@ -229,8 +230,13 @@ class V2Cgroup(Cgroup):
         if not os.path.exists(path):
             raise CgroupError(f"{path} is missing: freezing a v2 group needs kernel 5.2 or later")
         write_file(path, str(value))
-        wait_until(lambda: self._events().get("frozen") == value, 5.0,
-                   f"cgroup {self.path} to be {'frozen' if value else 'thawed'}")
+
+        def reached() -> bool:
+            if not os.path.exists(path):  # removed meanwhile (see V1Cgroup._freezer)
+                return gone_while_waiting(self.path, thawing=not value)
+            return self._events().get("frozen") == value
+
+        wait_until(reached, 5.0, f"cgroup {self.path} to be {'frozen' if value else 'thawed'}")
 
     def _events(self) -> dict[str, int]:
         return flat_keyed(self._read("cgroup.events"))

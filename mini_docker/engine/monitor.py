@@ -130,16 +130,19 @@ class Monitor:
                     if said.get("stays"):  # the shim serves another container next
                         self._selector.unregister(watch.pidfd)
                         os.close(watch.pidfd)
+                        watch.pidfd = None  # and its event in this batch, if any, is stale
                 elif key.fd == watch.pidfd:
                     self._selector.unregister(watch.pidfd)
                     if watch.report is not None:
+                        said = _said_exited(watch)  # its last word, if it is there
                         self._selector.unregister(watch.report)
                         os.close(watch.report)
                         watch.report = None  # and its event in this batch, if any, is stale
                     _reap(watch.pidfd)
                     os.close(watch.pidfd)
+                    watch.pidfd = None
                 else:
-                    continue  # a stray byte, not the end
+                    continue  # a stray byte, not the end; or an event of a closed descriptor
                 if not watch.told:
                     watch.told = True
                     self._call(self._on_exit, watch.container_id, said and said.get("exit"))
@@ -167,7 +170,8 @@ class _Watch:
     __slots__ = ("container_id", "pidfd", "report", "said", "told")
 
     def __init__(self, container_id: str, pidfd: int, report: int | None) -> None:
-        self.container_id, self.pidfd, self.report, self.told = container_id, pidfd, report, False
+        self.container_id, self.report, self.told = container_id, report, False
+        self.pidfd: int | None = pidfd  # None once closed
         self.said = bytearray()  # what came on the report pipe
 
 

@@ -206,9 +206,9 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
 
     `prepared`: the container's init, made in advance (zygote.py). `zygote`: the
     socket to the zygote, for a shim that may serve another container after this
-    one. True if it does: everything of this container's is closed, and the zygote
-    has been told that the shim is free; the caller waits for the next. False:
-    the caller exits. A set-up that fails raises, after it has reported why.
+    one. True if it does: everything of this container's is closed, and the zygote,
+    told that the shim is free, has said to stay; the caller waits for the next.
+    False: the caller exits. A set-up that fails raises, after it has reported why.
     """
     name_process("mini-shim")
     prctl(C.PR_SET_CHILD_SUBREAPER, 1)
@@ -239,9 +239,9 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
         return False  # something of the container's is still open: leave, rather than keep it
     try:
         zygote.send(b"free")
+        return zygote.recv(16) == b"keep"  # else dismissed: enough shims wait already
     except OSError:
         return False  # the zygote has gone
-    return True
 
 
 class Shim(ShimServer):

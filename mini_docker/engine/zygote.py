@@ -225,7 +225,8 @@ def serve(control: socket.socket) -> None:
     first choice), and the spare, forked in advance; once the spare is
     handed work, the next is forked. A shim's socket to us stays open while
     it serves its container: it says "free" on it once it is back, or it
-    closes (it has exited).
+    closes (it has exited). A shim back is told "keep", or dismissed (its
+    socket closed) if enough are idle, before it prepares another init.
     """
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)
@@ -241,9 +242,9 @@ def serve(control: socket.socket) -> None:
                 else:
                     worker = key.data
                     selector.unregister(worker.sock)
-                    if worker.back() and len(idle) < MAX_IDLE_SHIMS:
+                    if worker.back() and len(idle) < MAX_IDLE_SHIMS and worker.keep():
                         idle.append(worker)
-                    else:
+                    else:  # not needed: it exits before it prepares another init
                         worker.dismiss(wait=False)  # the kernel reaps it (see above)
     finally:
         for worker in [spare, *idle]:
@@ -329,6 +330,14 @@ class _Worker:
             word = b""
         self.busy = word != b"free"
         return not self.busy
+
+    def keep(self) -> bool:
+        """Tell a shim that is back to stay; False if it has gone meanwhile."""
+        try:
+            self.sock.send(b"keep")
+        except OSError:
+            return False
+        return True
 
     def dismiss(self, wait: bool = True) -> None:
         """Close its socket (an idle shim reads EOF and exits); `wait` until it has."""
