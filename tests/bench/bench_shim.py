@@ -6,11 +6,11 @@ Two ways to take a busybox `sleep` container from nothing to running, one
 after the other, taking turns:
 
     in-process   runtime.create + runtime.start, called by this process
-    shim         Zygote.spawn (a spare shim runs runtime.create) + ShimClient.start
+    shim         Zygote.spawn (an idle shim runs runtime.create) + ShimClient.start
 
 Each sample is wall time from the call to the container running; the kill
 and delete that follow are not timed. The difference is what the shim costs
-on the path of `docker start`: the hand-over to the zygote's spare, the
+on the path of `docker start`: the hand-over to the zygote's idle shim, the
 shim's own set-up (pipes, its socket, shim.json), and two round trips.
 
 Both pay for one thing that depends on timing, not on them: moving the
