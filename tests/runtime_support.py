@@ -7,6 +7,7 @@ the container runs a tiny static program (busybox) that needs no image.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -67,3 +68,23 @@ def wait_until_running(root: Path, cid: str, timeout: float = 10) -> dict:
             return json.loads(state.stdout)
         assert time.monotonic() < deadline, f"{cid} did not start: {state.stderr}"
         time.sleep(0.02)
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def proc_stat(pid: int) -> tuple[str, list[str]]:
+    """A process's comm and the fields of /proc/PID/stat after it; ("", []) once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return "", []
+    return text.partition("(")[2].rpartition(")")[0], text.rpartition(")")[2].split()
+
+
+def parent_of(pid: int) -> int:
+    """A process's parent pid; -1 once it is gone."""
+    fields = proc_stat(pid)[1]
+    return int(fields[1]) if fields else -1

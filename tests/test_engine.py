@@ -13,6 +13,7 @@ import pytest
 
 from mini_docker.engine import ContainerError, Engine, NotModified
 from mini_docker.errors import Conflict, InvalidArgument, NotFound
+from runtime_support import all_pids, parent_of
 
 LONG = ["sleep", "300"]
 
@@ -109,8 +110,7 @@ def test_a_second_engine_on_the_same_root_is_refused(engine, engine_root):
 
 def _shim_of(engine, container) -> int:
     """The pid of a running container's shim: its init's parent."""
-    with open(f"/proc/{engine.inspect(container.id)['State']['Pid']}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return parent_of(engine.inspect(container.id)["State"]["Pid"])
 
 
 def _back_and_idle(shim: int, timeout: float = 10) -> None:
@@ -175,14 +175,13 @@ def test_of_many_shims_back_at_once_one_stays_beside_the_spare(engine):
         c.remove(force=True)
     zygote, deadline = engine._zygote.pid, time.monotonic() + 10
     while True:
-        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == zygote]
+        children = [pid for pid in all_pids() if parent_of(pid) == zygote]
         if len(children) == 1 + MAX_IDLE_SHIMS:
             break
         assert time.monotonic() < deadline, f"the zygote's children: {children}"
         time.sleep(0.01)
     time.sleep(0.2)  # and no more come back
-    assert len([p for p in os.listdir("/proc") if p.isdigit()
-                and _parent(int(p)) == zygote]) == 1 + MAX_IDLE_SHIMS
+    assert len([pid for pid in all_pids() if parent_of(pid) == zygote]) == 1 + MAX_IDLE_SHIMS
 
 
 def test_the_monitor_survives_a_shim_that_stays_and_then_exits_at_once():
@@ -222,14 +221,6 @@ def test_the_monitor_survives_a_shim_that_stays_and_then_exits_at_once():
         assert heard == [(f"c{n}", {"exit_code": n}) for n in range(3)]
     finally:
         monitor.close()
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 # --- run, start, stop, kill ----------------------------------------------------------------

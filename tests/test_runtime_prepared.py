@@ -27,7 +27,7 @@ from mini_docker.runtime.create import create
 from mini_docker.runtime.delete import delete
 from mini_docker.runtime.prepared import PreparedInit
 from mini_docker.runtime.start import start
-from runtime_support import base_config, make_bundle
+from runtime_support import all_pids, base_config, make_bundle, parent_of, proc_stat
 
 
 @pytest.fixture(autouse=True)
@@ -246,11 +246,11 @@ def test_the_engine_keeps_a_prepared_init_with_each_idle_shim(engine):
     own = {k: os.readlink(f"/proc/self/ns/{k}") for k in kinds}
     deadline = time.monotonic() + 10
     while True:
-        zygotes = [pid for pid in _all_pids()  # live ones: a used stage 1 waits as a zombie
-                   if _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]
+        zygotes = [pid for pid in all_pids()  # live ones: a used stage 1 waits as a zombie
+                   if proc_stat(pid)[0] == "mini-zygote" and proc_stat(pid)[1][0] not in "ZX"]
         idle = [pid for pid in zygotes if pid != engine._zygote.pid
                 and os.readlink(f"/proc/{pid}/ns/pid") == own["pid"]]
-        inits = {shim: [pid for pid in zygotes if _parent(pid) == shim] for shim in idle}
+        inits = {shim: [pid for pid in zygotes if parent_of(pid) == shim] for shim in idle}
         theirs = {init: {k: os.readlink(f"/proc/{init}/ns/{k}") for k in kinds}
                   for found in inits.values() for init in found}
         if len(idle) == 2 and all(len(found) == 1 for found in inits.values()) and all(
@@ -258,29 +258,7 @@ def test_the_engine_keeps_a_prepared_init_with_each_idle_shim(engine):
             break  # the shim back from the container has made its init, and it its namespaces
         assert time.monotonic() < deadline, (zygotes, inits, theirs)
         time.sleep(0.01)
-    assert all(_parent(shim) == engine._zygote.pid for shim in idle)
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _stat(pid: int) -> tuple[str, list[str]]:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return "", []
-    return text.partition("(")[2].rpartition(")")[0], text.rpartition(")")[2].split()
-
-
-def _comm(pid: int) -> str:
-    return _stat(pid)[0]
-
-
-def _parent(pid: int) -> int:
-    fields = _stat(pid)[1]
-    return int(fields[1]) if fields else -1
+    assert all(parent_of(shim) == engine._zygote.pid for shim in idle)
 
 
 def test_the_group_of_a_killed_maker_is_swept_by_the_next_zygote(engine):
@@ -315,11 +293,11 @@ def test_killed_idle_shims_are_replaced_and_the_next_start_goes_on(engine):
     engine.containers.run("busybox", ["true"], remove=True)  # the next spare is forked
     zygote = engine._zygote.pid
     deadline = time.monotonic() + 10
-    while len(idle := [pid for pid in _all_pids() if _parent(pid) == zygote
-                       and _comm(pid) == "mini-zygote" and _stat(pid)[1][0] not in "ZX"]) < 2:
+    while len(idle := [pid for pid in all_pids() if parent_of(pid) == zygote
+                       and proc_stat(pid)[0] == "mini-zygote" and proc_stat(pid)[1][0] not in "ZX"]) < 2:
         assert time.monotonic() < deadline, f"idle shims: {idle}"
         time.sleep(0.01)
-    inits = [pid for pid in _all_pids() if _parent(pid) in idle]
+    inits = [pid for pid in all_pids() if parent_of(pid) in idle]
     for shim in idle:
         os.kill(shim, signal.SIGKILL)
     while any(os.path.exists(f"/proc/{shim}") for shim in idle):  # dead, their sockets
@@ -329,7 +307,7 @@ def test_killed_idle_shims_are_replaced_and_the_next_start_goes_on(engine):
         assert engine.containers.run("busybox", ["echo", "hi"], remove=True) == b"hi\n"
     finally:  # its init reads EOF and exits (a child of ours, if we are a subreaper)
         for pid in inits:
-            while _stat(pid)[1][:1] not in ([], ["Z"]) and time.monotonic() < deadline:
+            while proc_stat(pid)[1][:1] not in ([], ["Z"]) and time.monotonic() < deadline:
                 time.sleep(0.01)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
