@@ -39,6 +39,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import struct
 import termios
 
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 # ioctls of <asm-generic/ioctls.h> that Python's termios lacks: unlockpt and ptsname.
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
-PIPE_BUF = 4096  # a write of at most this many bytes to a pipe or FIFO is never split
 
 
 class InitContext(Record):
@@ -232,8 +232,8 @@ def await_start(fifo: int, failure: BaseException | None = None) -> None:
     tell it "0", or why the program cannot run."""
     writer = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
     try:
-        word = b"0" if failure is None else b"!" + _describe(failure).encode()[:PIPE_BUF - 1]
-        os.write(writer, word)  # one write of at most PIPE_BUF bytes: start reads it whole
+        word = b"0" if failure is None else b"!" + _describe(failure).encode()[:select.PIPE_BUF - 1]
+        os.write(writer, word)  # at most PIPE_BUF bytes: never split, start reads it whole
     finally:
         os.close(writer)
         os.close(fifo)

@@ -136,9 +136,9 @@ class PreparedInit:
                 and linux.rootfs_propagation in (None, "", "rprivate"))
 
     def take_group(self, path: str, limits: Resources | None = None) -> Cgroup:
-        """The container's group, with `limits` (if given): the init's own, renamed to
-        `path` (see fits), or for a stage 0 one made now, which it will fork the init
-        into."""
+        """The container's group: for a stage 0 one made now, with `limits`, which it will
+        fork the init into; else the init's own, renamed to `path` (see fits), which the
+        caller gives its limits once the init has its container (runtime/create.py)."""
         if self.stage0:
             return cgroup.make(path, limits)
         if self.group is None:
@@ -146,12 +146,6 @@ class PreparedInit:
         if not self.wait_until_made():  # the init joins the group by its first name
             raise MiniDockerError("the prepared init did not get ready in time")
         group, self.group = self.group.renamed(path), None
-        if limits is not None:
-            try:
-                group.set(limits)
-            except BaseException:
-                cgroup.remove(path)  # the init inside is killed
-                raise
         return group
 
     def hand_over(self, ctx: InitContext, stdio: tuple[int, int, int]) -> None:

@@ -14,8 +14,6 @@ import select
 from mini_docker.errors import Conflict, MiniDockerError
 from mini_docker.runtime.state import ContainerState, StateDir
 
-PIPE_BUF = 4096  # the init's word fits in one read
-
 
 def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: float = 10,
           state: ContainerState | None = None) -> None:
@@ -30,7 +28,7 @@ def start(container_id: str, *, root: str | os.PathLike | None = None, timeout: 
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         ready, _, _ = select.select([reader], [], [], timeout)
-        word = os.read(reader, PIPE_BUF) if ready else b""
+        word = os.read(reader, select.PIPE_BUF) if ready else b""  # the init's word, whole
         if word.startswith(b"!"):  # the init could not get its program ready to run
             raise MiniDockerError(f"container {container_id} did not start: "
                                   f"{word[1:].decode(errors='replace')}")
