@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -221,6 +222,40 @@ def test_the_monitor_survives_a_shim_that_stays_and_then_exits_at_once():
         assert heard == [(f"c{n}", {"exit_code": n}) for n in range(3)]
     finally:
         monitor.close()
+
+
+def test_the_monitor_takes_the_exit_line_that_came_with_the_ready_line():
+    """A container that exits at once: its exit line can come in the same read as the
+    shim's ready line, in the zygote's client. The monitor is given what was read: it
+    hears the exit, and lets go of a shim that stays (its pidfd closed), though the
+    pipe it reads holds nothing more."""
+    from mini_docker.engine.monitor import Monitor
+
+    heard, woken = [], threading.Event()
+
+    def on_exit(container_id, ended):
+        heard.append((container_id, ended))
+        woken.set()
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.close(write_end)  # all it said was read along with its ready line
+    shim = subprocess.Popen(["sleep", "30"])  # a shim that stays, alive
+    monitor = Monitor(on_exit, lambda _: None)
+    try:
+        said = json.dumps({"exit": {"exit_code": 7}, "stays": True}).encode() + b"\n"
+        monitor.watch("c", os.pidfd_open(shim.pid), read_end, said)
+        assert woken.wait(5)
+        assert heard == [("c", {"exit_code": 7})]
+        deadline = time.monotonic() + 5
+        while monitor.busy():  # its pidfd closed, though the shim lives on
+            assert time.monotonic() < deadline, "the monitor still watches the shim"
+            time.sleep(0.01)
+        assert shim.poll() is None
+    finally:
+        monitor.close()
+        shim.kill()
+        shim.wait()
 
 
 # --- run, start, stop, kill ----------------------------------------------------------------

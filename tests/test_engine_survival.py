@@ -78,9 +78,19 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def _settled(engine) -> None:
+    """Wait until the monitor watches no shim: a shim that has reported its container's
+    exit and will not stay is watched (its pidfd open) until it has exited itself."""
+    deadline = time.monotonic() + 10
+    while engine._monitor.busy():
+        assert time.monotonic() < deadline, "the monitor still watches a shim"
+        time.sleep(0.01)
+
+
 def test_churn_of_200_containers_leaves_nothing_behind(engine, engine_root: Path):
     engine.containers.run("busybox", ["true"], remove=True)  # the zygote and monitor, warm
     engine._janitor.drain()  # its descriptors, while it deletes, are no leak
+    _settled(engine)
     gc.collect()  # nor those of earlier tests' objects that are garbage already
     fds = _fds()
     for n in range(200):
@@ -90,6 +100,7 @@ def test_churn_of_200_containers_leaves_nothing_behind(engine, engine_root: Path
         c.remove()
     assert engine.list(all=True) == []
     engine._janitor.drain()  # the removed containers' files, deleted after each rm returned
+    _settled(engine)
     assert _fds() == fds
     for directory in ("containers", "runtime", "image/containers"):
         assert [p.name for p in (engine_root / directory).iterdir()] == [], directory

@@ -15,8 +15,9 @@ import pytest
 from mini_docker.kernel import (
     CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
     CLONE_NEWUSER, CLONE_NEWUTS, MNT_DETACH, MS_PRIVATE, MS_REC, NAMESPACES, ChildError,
-    SyscallError, flag_names, make_mounts_private, mount, mount_proc, namespace_ids, pivot_root,
-    prctl, reap_children, run_isolated, sethostname, setns, umount2, unshare,
+    SyscallError, flag_names, fork_as_sibling, make_mounts_private, mount, mount_proc,
+    namespace_ids, pivot_root, prctl, reap_children, run_isolated, sethostname, setns, umount2,
+    unshare,
 )
 from mini_docker.kernel import constants as C
 
@@ -385,3 +386,50 @@ def test_child_dies_with_its_parent():
         time.sleep(0.02)
     else:
         pytest.fail("the isolated child outlived its parent")
+
+
+def test_fork_as_sibling_makes_a_child_of_the_callers_parent():
+    """clone3(CLONE_PARENT): a child of ours forks; its child is ours, and we reap it, in a
+    PID namespace of its own if asked, with its exit status and its exit signal (SIGCHLD)."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # forks two siblings, tells their pids, exits
+        try:
+            os.close(r)
+            pids = []
+            for new_namespace in (False, True):
+                pid = fork_as_sibling(new_pid_namespace=new_namespace)
+                if pid == 0:
+                    with open("/proc/self/status") as f:
+                        inner = [ln.split()[-1] for ln in f if ln.startswith("NSpid:")][0]
+                    os._exit(40 + int(inner == "1"))  # 41: PID 1 of a namespace of its own
+                pids.append(pid)
+            os.write(w, b"%d %d\n" % tuple(pids))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        plain, in_namespace = map(int, f.readline().split())
+    heard = threading.Event()
+    previous = signal.signal(signal.SIGCHLD, lambda *_: heard.set())
+    try:
+        assert os.waitpid(middle, 0)[1] == 0
+        assert os.waitstatus_to_exitcode(os.waitpid(plain, 0)[1]) == 40
+        assert os.waitstatus_to_exitcode(os.waitpid(in_namespace, 0)[1]) == 41
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert heard.is_set()
+
+
+def test_fork_as_sibling_is_refused_to_the_init_of_a_pid_namespace():
+    """A namespace's init may not make siblings: the kernel says EINVAL, as an OSError."""
+    def try_it() -> str:
+        try:
+            pid = fork_as_sibling()
+        except OSError as err:
+            return errno.errorcode[err.errno]
+        if pid == 0:
+            os._exit(0)
+        return "forked"
+
+    assert run_isolated(try_it, flags=CLONE_NEWPID) == "EINVAL"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import tempfile
 import time
@@ -25,7 +26,7 @@ from mini_docker.runtime import cgroup
 from mini_docker.runtime import spec as oci
 from mini_docker.runtime.create import create
 from mini_docker.runtime.delete import delete
-from mini_docker.runtime.prepared import PreparedInit
+from mini_docker.runtime.prepared import InitMaker, PreparedInit
 from mini_docker.runtime.start import start
 from runtime_support import all_pids, base_config, make_bundle, parent_of, proc_stat
 
@@ -261,6 +262,31 @@ def test_the_engine_keeps_a_prepared_init_with_each_idle_shim(engine):
     assert all(parent_of(shim) == engine._zygote.pid for shim in idle)
 
 
+def test_a_shim_back_from_a_container_has_a_maker_fork_its_next_inits(engine):
+    """The shim that ran a container forks an init maker once; the maker forks each next
+    init as the shim's child, container after container."""
+    def shim_with_maker() -> tuple[int, int, int]:
+        deadline = time.monotonic() + 10
+        while True:
+            live = [pid for pid in all_pids() if proc_stat(pid)[1][0] not in "ZX"]
+            makers = [pid for pid in live if proc_stat(pid)[0] == "mini-initmaker"]
+            for maker in makers:
+                shim = parent_of(maker)
+                inits = [pid for pid in live if parent_of(pid) == shim and pid != maker]
+                if parent_of(shim) == engine._zygote.pid and len(inits) == 1:
+                    return shim, maker, inits[0]
+            assert time.monotonic() < deadline, f"no shim with a maker and an init: {makers}"
+            time.sleep(0.01)
+
+    engine.containers.run("busybox", ["true"], remove=True)
+    shim, maker, init = shim_with_maker()
+    assert proc_stat(init)[0] == "mini-zygote"
+    assert os.readlink(f"/proc/{init}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    assert engine.containers.run("busybox", ["sh", "-c", "echo $$"], remove=True) == b"1\n"
+    again = shim_with_maker()
+    assert again[:2] == (shim, maker) and again[2] != init
+
+
 def test_the_group_of_a_killed_maker_is_swept_by_the_next_zygote(engine):
     """A spare killed outright cannot discard its init's group; the next zygote removes it."""
     if cgroup.open_group("mini-docker/x").driver != "v1":
@@ -344,3 +370,72 @@ def test_on_a_v2_tree_the_init_is_born_in_its_group(runtime_root, tmp_path, busy
     code, output = run_to_end(runtime_root, bundle, prepared)
     assert (code, output) == (0, f"pid 1\n0::/mini-docker-test-{os.getpid()}/v2\n")
     assert not os.path.exists(f"{unified}/mini-docker-test-{os.getpid()}")  # deleted, parent too
+
+
+def test_an_init_made_by_a_maker_is_our_child_and_runs_the_container(runtime_root, tmp_path,
+                                                                     busybox_rootfs):
+    """The maker forks the init with CLONE_PARENT: we are its parent, we wait for it."""
+    maker = InitMaker()
+    try:
+        prepared = PreparedInit(maker=maker)
+        assert parent_of(prepared.pid) == os.getpid() and prepared.pid != maker.pid
+        assert proc_stat(maker.pid)[0] == "mini-initmaker"
+        with mounted_later(busybox_rootfs, tmp_path / "rootfs") as rootfs:
+            bundle = make_bundle(tmp_path / "bundle", rootfs,
+                                 base_config("sh", "-c", "echo $$; exit 3"))
+            assert run_to_end(runtime_root, bundle, prepared) == (3, "1\n")
+    finally:
+        maker.close()
+    assert not any(runtime_root.iterdir())
+
+
+def test_our_pages_are_not_shared_with_an_init_a_maker_forks():
+    """Pages we write after the maker's fork are ours alone: an init that the maker forks
+    does not share them, so writing them again costs no copy-on-write fault; with an
+    init forked by us, each page written is a fault (a copy)."""
+    maker = InitMaker()
+    pages = 2048
+    buffer = bytearray(pages * resource.getpagesize())  # touched now: ours, after the fork
+
+    def faults_writing_every_page() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for offset in range(0, len(buffer), resource.getpagesize()):
+            buffer[offset] = (buffer[offset] + 1) % 256
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    try:
+        faults_writing_every_page()
+        for make, expected in ((lambda: PreparedInit(maker=maker), False),
+                               (PreparedInit, True)):
+            prepared = make()
+            try:
+                faults = faults_writing_every_page()
+            finally:
+                prepared.discard()
+            assert (faults >= pages) is expected, (faults, pages)
+    finally:
+        maker.close()
+
+
+def test_a_maker_that_is_gone_fails_with_a_reason_and_leaves_nothing(tmp_path):
+    maker = InitMaker()
+    os.kill(maker.pid, signal.SIGKILL)
+    os.waitpid(maker.pid, 0)
+    groups_before = cgroup_children("mini-docker")
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(MiniDockerError, match="the init maker cannot fork"):
+        PreparedInit(maker=maker)
+    assert maker.broken
+    assert set(os.listdir("/proc/self/fd")) == fds_before
+    assert cgroup_children("mini-docker") == groups_before
+    maker.close()  # reaped already: harmless
+
+
+def cgroup_children(path: str) -> set[str]:
+    """The groups below `path` in each hierarchy where it exists."""
+    try:
+        directories = cgroup.open_group(path).directories()
+    except MiniDockerError:
+        return set()
+    return {name for d in directories if os.path.isdir(d) for name in os.listdir(d)
+            if os.path.isdir(os.path.join(d, name))}

@@ -295,7 +295,7 @@ class Engine(Inside, Exits):
             os.close(shim.report)
             self._shim_exited(record.Id)
         else:
-            self._monitor.watch(record.Id, pidfd, shim.report)
+            self._monitor.watch(record.Id, pidfd, shim.report, shim.said)
         return attachment
 
     def stop(self, ref: str, timeout: float | None = None) -> None:

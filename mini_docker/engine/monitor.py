@@ -46,7 +46,7 @@ class Monitor:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, int, int | None]] = []  # (container id, pidfd, report)
+        self._pending: list[tuple[str, int, int | None, bytes]] = []  # watch's arguments
         self._timers: list[tuple[float, str]] = []
         self._watched: dict[str, int] = {}
         self._stopping = False
@@ -59,13 +59,21 @@ class Monitor:
         except ProcessLookupError:
             return None
 
-    def watch(self, container_id: str, pidfd: int, report: int | None = None) -> None:
+    def watch(self, container_id: str, pidfd: int, report: int | None = None,
+              said: bytes = b"") -> None:
         """Call on_exit(container_id, ended) once the process behind `pidfd` exits, or, if
         sooner, once `report` (a pipe's read end) reads EOF; `ended` is what the shim
-        said on it of the container's end, or None. Both descriptors are ours now."""
+        said on it of the container's end, or None; `said`: what was read from it
+        already. Both descriptors are ours now."""
         with self._lock:
-            self._pending.append((container_id, pidfd, report))
+            self._pending.append((container_id, pidfd, report, said))
         self._wake()
+
+    def busy(self) -> bool:
+        """Whether any shim is watched still: one whose exit, or whose word that its
+        container has exited, has not come yet (it holds a descriptor of ours)."""
+        with self._lock:
+            return bool(self._pending) or len(self._selector.get_map()) > 1  # the wake pipe
 
     def schedule(self, container_id: str, delay: float) -> None:
         """Call on_timer(container_id) in `delay` seconds."""
@@ -86,7 +94,7 @@ class Monitor:
         for key in list(self._selector.get_map().values()):
             os.close(key.fd)
         self._selector.close()
-        for _, pidfd, report in self._pending:
+        for _, pidfd, report, _ in self._pending:
             os.close(pidfd)
             if report is not None:
                 os.close(report)
@@ -105,8 +113,8 @@ class Monitor:
     def _loop(self) -> None:
         while not self._stopping:
             with self._lock:
-                for container_id, pidfd, report in self._pending:
-                    watch = _Watch(container_id, pidfd, report)
+                for container_id, pidfd, report, said in self._pending:
+                    watch = _Watch(container_id, pidfd, report, said)
                     self._selector.register(pidfd, selectors.EVENT_READ, watch)
                     if report is not None:
                         self._selector.register(report, selectors.EVENT_READ, watch)
@@ -169,10 +177,11 @@ class _Watch:
 
     __slots__ = ("container_id", "pidfd", "report", "said", "told")
 
-    def __init__(self, container_id: str, pidfd: int, report: int | None) -> None:
+    def __init__(self, container_id: str, pidfd: int, report: int | None,
+                 said: bytes = b"") -> None:
         self.container_id, self.report, self.told = container_id, report, False
         self.pidfd: int | None = pidfd  # None once closed
-        self.said = bytearray()  # what came on the report pipe
+        self.said = bytearray(said)  # what came on the report pipe
 
 
 def _said_exited(watch: _Watch) -> dict | None:

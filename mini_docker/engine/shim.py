@@ -80,7 +80,7 @@ from mini_docker.engine.shimserver import (
 )
 from mini_docker.errors import Conflict, MiniDockerError
 from mini_docker.kernel import constants as C
-from mini_docker.kernel import prctl, reap_children
+from mini_docker.kernel import name_process, prctl, reap_children
 from mini_docker.runtime import spec as oci
 from mini_docker.runtime.console import ConsoleListener
 from mini_docker.runtime.create import create
@@ -119,6 +119,7 @@ class ShimProcess:
     init_pid: int  # the container's init, on the host
     socket: str  # abstract socket name, without the leading NUL
     report: int | None = None  # the pipe it reported on, if kept: EOF once the container exits
+    said: bytes = b""  # what came on that pipe after the ready line, read along with it
 
 
 @dataclass
@@ -152,14 +153,6 @@ def read_exit(state_dir: str) -> ExitStatus | None:
     if doc is None:
         return None
     return ExitStatus(**{f.name: doc[f.name] for f in fields(ExitStatus) if f.name in doc})
-
-
-def name_process(name: str) -> None:
-    """Set our comm (what ps and /proc/PID/stat show) with PR_SET_NAME."""
-    import ctypes
-
-    buffer = ctypes.create_string_buffer(name.encode()[:15])
-    prctl(C.PR_SET_NAME, ctypes.addressof(buffer))
 
 
 def warm_up() -> None:
@@ -199,7 +192,7 @@ def warm_up() -> None:
 
 
 def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
-         zygote: socket.socket | None = None) -> bool:
+         zygote: socket.socket | None = None, own: tuple[int, ...] = ()) -> bool:
     """One container's shim, from its create to its exit; reports on `ready`, one JSON
     line each: {"pid": n} at once, then {"init_pid": n, "socket": name} or {"error": ...,
     "kind": ...}, and once the container has exited, {"exit": {...}, "stays": bool}.
@@ -235,7 +228,7 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
     shim.release()
     del shim
     name_process("mini-zygote")  # idle, as a spare is
-    if _open_fds() - {0, 1, 2, zygote.fileno()}:
+    if _open_fds() - {0, 1, 2, zygote.fileno(), *own}:
         return False  # something of the container's is still open: leave, rather than keep it
     try:
         zygote.send(b"free")

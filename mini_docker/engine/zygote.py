@@ -48,7 +48,12 @@ container's, tells the zygote "free", prepares the next container's init
 and waits for work, as a spare does. The zygote hands the next request to
 such a shim first, and to the spare only if none is back; the spare is
 replaced only once it is used. One `docker run --rm` after another then
-forks no shim at all, and the CPU a container costs drops by a fifth. A
+forks no shim at all, and the CPU a container costs drops by a fifth. Nor
+does a shim that is back fork the next init itself: that would share its
+pages with the init again, and it would pay a page copy for each page it
+writes while it creates the next container. It forks, once, an *init
+maker* (runtime/prepared.py), which forks each init as the shim's child
+(CLONE_PARENT). A
 shim stays only if the engine that started it is still there to hear of its
 container's exit (an engine started later watches the shim's pid, and must
 see it exit), and serves at most MAX_CONTAINERS_PER_SHIM containers, so that
@@ -74,11 +79,14 @@ import signal
 import socket
 import sys
 from contextlib import suppress
-from typing import NoReturn, Self
+from typing import TYPE_CHECKING, NoReturn, Self
 
 from mini_docker.engine.shim import ShimProcess, ShimSpec
 from mini_docker.engine.shimclient import raise_error
 from mini_docker.errors import MiniDockerError
+
+if TYPE_CHECKING:
+    from mini_docker.runtime.prepared import InitMaker
 
 # What a shim needs beyond what shim.py imports itself: loaded once, here.
 PRELOAD = ("mini_docker.engine.logs", "mini_docker.runtime.init", "mini_docker.runtime.rootfs",
@@ -158,8 +166,8 @@ class Zygote:
                 if "error" in message and pid is not None:
                     _wait_gone(pid)  # it has cleaned up and is exiting: let it finish
                 raise_error(message)
-                if "socket" in message:
-                    return ShimProcess(pid, message["init_pid"], message["socket"])
+                if "socket" in message:  # a quick container's exit may have come with it
+                    return ShimProcess(pid, message["init_pid"], message["socket"], said=buffer)
                 pid = message["pid"]
                 continue
             if select.select([fd], [], [], 0.5)[0]:
@@ -349,21 +357,33 @@ class _Worker:
 def _serve_containers(sock: socket.socket) -> NoReturn:
     """A shim's life: container after container, until it is dismissed, or leaves."""
     from mini_docker.engine import shim
+    from mini_docker.runtime.prepared import InitMaker
 
-    status, served = 1, 0
+    status, served, maker = 1, 0, None
     try:
-        while (work := _wait_for_work(sock, reused=served > 0)) is not None:
+        while (work := _wait_for_work(sock, served > 0, maker)) is not None:
             served += 1
-            if not shim.main(*work, zygote=sock if served < MAX_CONTAINERS_PER_SHIM else None):
+            if not shim.main(*work, zygote=sock if served < MAX_CONTAINERS_PER_SHIM else None,
+                             own=() if maker is None else (maker.fileno(),)):
                 break  # it has left
+            if maker is not None and maker.broken:  # killed: another one
+                maker.close()
+                maker = None
+            if maker is None:  # back for another container: from now on, a maker forks inits
+                with suppress(Exception):
+                    maker = InitMaker()
         status = 0
     finally:
+        if maker is not None:
+            maker.close()
         os._exit(status)
 
 
-def _wait_for_work(sock: socket.socket, reused: bool) -> tuple[ShimSpec, int, object] | None:
-    """An idle shim: prepare the next container's init, warm up (a fresh fork), wait for
-    a ShimSpec and a pipe to report on. None: dismissed."""
+def _wait_for_work(sock: socket.socket, reused: bool,
+                   maker: InitMaker | None = None) -> tuple[ShimSpec, int, object] | None:
+    """An idle shim: prepare the next container's init (forked by `maker` if there is
+    one), warm up (a fresh fork), wait for a ShimSpec and a pipe to report on. None:
+    dismissed."""
     from mini_docker.engine import shim
     from mini_docker.kernel import constants as C
     from mini_docker.kernel import prctl
@@ -374,7 +394,7 @@ def _wait_for_work(sock: socket.socket, reused: bool) -> tuple[ShimSpec, int, ob
         if not reused:
             prctl(C.PR_SET_CHILD_SUBREAPER, 1)  # the prepared init's parent, once stage 1 exits
         with suppress(Exception):  # without it, create forks as usual
-            prepared = PreparedInit()
+            prepared = PreparedInit(maker=maker)
         if not reused:  # after the fork above, which shares our pages with the init once more
             with suppress(Exception):  # only ever a matter of speed
                 shim.warm_up()
@@ -414,7 +434,7 @@ def main(argv: list[str]) -> None:
     import gc
     import importlib
 
-    from mini_docker.engine.shim import name_process
+    from mini_docker.kernel import name_process
     from mini_docker.runtime.cgroup import host_layout
 
     name_process("mini-zygote")

@@ -16,9 +16,9 @@ _EXPORTS: dict[str, str] = {}
 for _module, _names in {
     "namespaces": ["ALL_FLAGS", "CONTAINER_FLAGS", "NAMESPACES", "NamespaceKind", "namespace_id",
                    "namespace_ids", "shared_with"],
-    "process": ["ChildError", "exit_status", "fork", "fork_into_cgroup", "make_mounts_private",
-                "mount_proc",
-                "reap_children", "run_isolated"],
+    "process": ["ChildError", "exit_status", "fork", "fork_as_sibling", "fork_into_cgroup",
+                "make_mounts_private", "mount_proc", "name_process", "reap_children",
+                "run_isolated"],
     "syscalls": ["SyscallError", "flag_names", "mount", "pivot_root", "prctl", "sethostname",
                  "setns", "syscall_error", "umount2", "unshare", "open_tree", "move_mount"],
     "capabilities": ["CAPABILITIES", "DOCKER_DEFAULT_CAPS", "CapSets", "Credentials",

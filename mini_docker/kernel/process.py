@@ -61,6 +61,14 @@ def fork() -> int:
         return os.fork()
 
 
+def name_process(name: str) -> None:
+    """Set our comm (what ps and /proc/PID/stat show) with PR_SET_NAME."""
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    prctl(C.PR_SET_NAME, ctypes.addressof(buffer))
+
+
 def fork_into_cgroup(directory: int) -> int:
     """fork, the child born in the cgroup v2 group whose directory `directory` is open.
 
@@ -73,11 +81,26 @@ def fork_into_cgroup(directory: int) -> int:
     AfterFork pair: locks, threads, at-fork callbacks), around the raw call.
     OSError (ENOSYS, EINVAL...) where the kernel cannot: use fork() then.
     """
+    return _clone3(C.CLONE_INTO_CGROUP, signal.SIGCHLD, cgroup=directory)
+
+
+def fork_as_sibling(new_pid_namespace: bool = False) -> int:
+    """fork, the child being our parent's child, not ours: clone3 with CLONE_PARENT.
+
+    Our parent is told of its exit (SIGCHLD) and reaps it, as of any child of
+    its own. `new_pid_namespace`: the child is PID 1 of a new PID namespace.
+    """
+    flags = C.CLONE_PARENT | (C.CLONE_NEWPID if new_pid_namespace else 0)
+    return _clone3(flags, 0)  # with CLONE_PARENT, the exit signal is our own one
+
+
+def _clone3(flags: int, exit_signal: int, cgroup: int = 0) -> int:
+    """clone3(2) as os.fork does fork: the interpreter's hooks around the raw call."""
     import ctypes
 
     from mini_docker.kernel.syscalls import _libc
 
-    args = _clone_args()(flags=C.CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=directory)
+    args = _clone_args()(flags=flags, exit_signal=exit_signal, cgroup=cgroup)
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
     pid = _libc.syscall(ctypes.c_long(C.SYS_CLONE3), ctypes.byref(args),
@@ -88,7 +111,7 @@ def fork_into_cgroup(directory: int) -> int:
         return 0
     api.PyOS_AfterFork_Parent()
     if pid < 0:
-        raise OSError(err, f"clone3(CLONE_INTO_CGROUP): {os.strerror(err)}")
+        raise OSError(err, f"clone3: {os.strerror(err)}")
     return pid
 
 

@@ -67,8 +67,8 @@ import socket
 
 from mini_docker.errors import MiniDockerError
 from mini_docker.kernel import constants as C
-from mini_docker.kernel import (fork, fork_into_cgroup, mount, move_mount, open_tree, setns,
-                                unshare)
+from mini_docker.kernel import (fork, fork_as_sibling, fork_into_cgroup, mount, move_mount,
+                                name_process, open_tree, prctl, setns, unshare)
 from mini_docker.runtime import cgroup
 from mini_docker.runtime.init import InitContext, new_namespace_flags, report_failure, run_init
 from mini_docker.runtime.process import close_inherited_fds
@@ -93,9 +93,11 @@ class PreparedInit:
 
     _made = 0  # how many this process has made: part of each group's name
 
-    def __init__(self, flags: int = DOCKER_NAMESPACES, group_parent: str = "mini-docker") -> None:
+    def __init__(self, flags: int = DOCKER_NAMESPACES, group_parent: str = "mini-docker",
+                 maker: InitMaker | None = None) -> None:
         """`group_parent`: where to make its group (cgroup v1; on v2 it has none, and a
-        stage 0 forks the init into the container's group at hand-over)."""
+        stage 0 forks the init into the container's group at hand-over). `maker`: a
+        child of ours that forks it for us (see InitMaker); else we fork it."""
         if flags & (C.CLONE_NEWUSER | C.CLONE_NEWCGROUP):
             raise ValueError("a prepared init cannot have a user or cgroup namespace of its own")
         self.flags = flags
@@ -106,7 +108,18 @@ class PreparedInit:
         self.stage0 = self.group is None
         self.sync = SyncPipe.open()
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if self.stage0:
+        if maker is not None:
+            try:
+                self.pid = maker.make(self.sync, theirs, flags, self.group)
+            except BaseException:
+                theirs.close()
+                self._socket.close()
+                self.sync.parent_side()  # closes the child's ends,
+                self.sync.close_parent()  # and then ours
+                if self.group is not None:
+                    cgroup.remove(self.group.path)
+                raise
+        elif self.stage0:
             self.pid = fork()
         else:  # the init itself
             self.pid = _fork_into_new_pid_namespace() if flags & C.CLONE_NEWPID else fork()
@@ -200,6 +213,92 @@ class PreparedInit:
         if self.group is not None:
             cgroup.remove(self.group.path)  # and "mini-docker/", if nothing else is in it
             self.group = None
+
+
+class InitMaker:
+    """A child of ours that forks our prepared inits, which are our own children all the same.
+
+    An init we fork ourselves shares every page of ours, copy-on-write, until
+    it execs, and a Python process writes to most pages it touches (reference
+    counts): each page we write meanwhile is copied. A shim that serves one
+    container after another prepares the next init as soon as it is back, and
+    then creates the container it is given, so it would pay those copies on
+    the container's way, every time. A maker, forked once, shares our pages
+    once. It forks each init with clone3(CLONE_PARENT), which makes the new
+    process *our* child, not the maker's: we reap it and hear of its exit, as
+    of one we forked, and our pages are never shared with it.
+    """
+
+    __slots__ = ("broken", "pid", "_socket")
+
+    def __init__(self) -> None:
+        self.broken = False  # it failed to answer: it is of no more use
+        self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = fork()
+        if self.pid == 0:
+            self._socket.close()
+            _make_inits(theirs)  # never returns
+        theirs.close()
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def make(self, sync: SyncPipe, sock: socket.socket, flags: int, group: Cgroup | None) -> int:
+        """Fork a prepared init (a stage 0 without a `group`), our child; return its pid.
+        It is given the child's ends of `sync`, and `sock`."""
+        try:
+            socket.send_fds(self._socket, [pickle.dumps((flags, group), pickle.HIGHEST_PROTOCOL)],
+                            [sync.report_w, sync.go_r, sock.fileno()])
+            answer = self._socket.recv(256)
+        except OSError as err:
+            answer = err.strerror.encode()
+        if not answer.isdigit():
+            self.broken = True
+            raise MiniDockerError(f"the init maker cannot fork: {answer.decode() or 'it has gone'}")
+        return int(answer)
+
+    def close(self) -> None:
+        """It reads EOF and exits; reap it."""
+        self._socket.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass  # reaped already, by a caller's loop that reaps every child
+
+
+def _make_inits(sock: socket.socket) -> None:
+    """The maker's life: an init for each request, until EOF. Never returns."""
+    try:
+        import signal
+
+        name_process("mini-initmaker")
+        prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)  # no longer than the shim it works for
+        close_inherited_fds(keep=(sock.fileno(),))
+        while True:
+            message, fds, _, _ = socket.recv_fds(sock, 4096, 3)
+            if not message:
+                os._exit(0)
+            flags, group = pickle.loads(message)
+            stage0 = group is None
+            try:
+                pid = fork_as_sibling(new_pid_namespace=not stage0 and bool(flags & C.CLONE_NEWPID))
+            except OSError as err:
+                pid, answer = -1, (err.strerror or str(err)).encode()
+            else:
+                answer = b"%d" % pid
+            if pid == 0:
+                sock.close()
+                name_process("mini-zygote")  # as an init forked by an idle shim is
+                for fd in fds:  # as they are in an init we fork ourselves
+                    os.set_inheritable(fd, False)
+                report_w, go_r, theirs = fds
+                _wait_for_work(SyncPipe(-1, report_w, go_r, -1), socket.socket(fileno=theirs),
+                               flags, group, stage0)  # never returns
+            for fd in fds:
+                os.close(fd)
+            sock.send(answer)
+    finally:
+        os._exit(1)
 
 
 def sweep(parent: str = "mini-docker") -> list[str]:
