@@ -431,6 +431,28 @@ def test_a_maker_that_is_gone_fails_with_a_reason_and_leaves_nothing(tmp_path):
     maker.close()  # reaped already: harmless
 
 
+def test_a_maker_that_dies_before_it_answers_leaves_an_init_that_fits_nothing(
+        tmp_path, busybox_rootfs):
+    """Asked, the maker is killed before it forks: the prepared init fits no container
+    (create then forks its own), says why if asked for its pid, and leaves nothing."""
+    maker = InitMaker()
+    groups_before = cgroup_children("mini-docker")
+    fds_before = set(os.listdir("/proc/self/fd"))
+    os.kill(maker.pid, signal.SIGSTOP)
+    prepared = PreparedInit(maker=maker)  # the request waits in the stopped maker's socket
+    os.kill(maker.pid, signal.SIGKILL)
+    os.waitpid(maker.pid, 0)
+    spec = oci.parse(base_config("true"))
+    assert not prepared.fits(spec)
+    with pytest.raises(MiniDockerError, match="could not fork"):
+        prepared.pid  # noqa: B018
+    prepared.discard()
+    assert maker.broken
+    assert set(os.listdir("/proc/self/fd")) == fds_before
+    assert cgroup_children("mini-docker") == groups_before
+    maker.close()
+
+
 def cgroup_children(path: str) -> set[str]:
     """The groups below `path` in each hierarchy where it exists."""
     try:

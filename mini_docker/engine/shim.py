@@ -60,6 +60,7 @@ import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
 from functools import partial
+from typing import TYPE_CHECKING
 
 from mini_docker.engine.shimclient import (
     STREAM_NUMBERS,
@@ -94,6 +95,9 @@ from mini_docker.runtime.state import (
     process_start_time,
     process_state_letter,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @dataclass
@@ -192,7 +196,8 @@ def warm_up() -> None:
 
 
 def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
-         zygote: socket.socket | None = None, own: tuple[int, ...] = ()) -> bool:
+         zygote: socket.socket | None = None, own: tuple[int, ...] = (),
+         meanwhile: Callable[[], object] | None = None) -> bool:
     """One container's shim, from its create to its exit; reports on `ready`, one JSON
     line each: {"pid": n} at once, then {"init_pid": n, "socket": name} or {"error": ...,
     "kind": ...}, and once the container has exited, {"exit": {...}, "stays": bool}.
@@ -201,7 +206,10 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
     socket to the zygote, for a shim that may serve another container after this
     one. True if it does: everything of this container's is closed, and the zygote,
     told that the shim is free, has said to stay; the caller waits for the next.
-    False: the caller exits. A set-up that fails raises, after it has reported why.
+    `meanwhile` is called then, before the container's runtime state and cgroup are
+    deleted: for the caller's preparations for the next. `own`: descriptors of the
+    caller's, which may be open then. False: the caller exits. A set-up that fails
+    raises, after it has reported why.
     """
     name_process("mini-shim")
     prctl(C.PR_SET_CHILD_SUBREAPER, 1)
@@ -225,16 +233,22 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
     shim.serve()
     if not shim.stays or zygote is None:
         return False
-    shim.release()
-    del shim
-    name_process("mini-zygote")  # idle, as a spare is
-    if _open_fds() - {0, 1, 2, zygote.fileno(), *own}:
-        return False  # something of the container's is still open: leave, rather than keep it
     try:
-        zygote.send(b"free")
-        return zygote.recv(16) == b"keep"  # else dismissed: enough shims wait already
-    except OSError:
-        return False  # the zygote has gone
+        shim.release()
+        name_process("mini-zygote")  # idle, as a spare is
+        if _open_fds() - {0, 1, 2, zygote.fileno(), *own}:
+            return False  # something of the container's is still open: leave, not keep it
+        try:
+            zygote.send(b"free")
+            if zygote.recv(16) != b"keep":
+                return False  # dismissed: enough shims wait already
+        except OSError:
+            return False  # the zygote has gone
+        if meanwhile is not None:
+            meanwhile()
+        return True
+    finally:
+        shim.tidy()
 
 
 class Shim(ShimServer):
@@ -263,6 +277,7 @@ class Shim(ShimServer):
         self.exec_count = 0
         self.mount_ns = os.readlink("/proc/self/ns/mnt")
         self.report: int | None = None
+        self.ended: ExitStatus | None = None  # how the container ended, once it has
 
     # -- birth --
 
@@ -391,11 +406,13 @@ class Shim(ShimServer):
 
     def _finish(self, error: str) -> None:
         """The init has exited: log, exit.json, the engine and clients told, then the
-        runtime state and cgroup deleted; in that order.
+        runtime state and cgroup deleted (tidy); in that order.
 
         Telling first takes the deleting (a millisecond: a cgroup directory in
-        each hierarchy) off the path of `docker run --rm`. The engine waits for
-        the runtime state to be gone before it starts the container again.
+        each hierarchy) off the path of `docker run --rm`. A shim that stays
+        deletes them after it has prepared for its next container (main). The
+        engine waits for the runtime state to be gone before it starts the
+        container again.
         """
         spec = self.spec
         self.selector.unregister(self.listener)
@@ -437,13 +454,20 @@ class Shim(ShimServer):
                 conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
                 conn.sock.sendall(conn.outbuf)
             conn.sock.close()
+        self.ended = status
+        if not self.stays:  # else once it has prepared for the next container (main)
+            self.tidy()
+
+    def tidy(self) -> None:
+        """Delete the runtime state and cgroup of the container, which has ended."""
+        spec, status = self.spec, self.ended
         try:
             delete(spec.container_id, force=True, root=spec.runtime_root)
         except (MiniDockerError, OSError) as err:
-            if not error:  # say so, late as it is
+            if not status.error:  # say so, late as it is
                 status.error = f"runtime delete failed: {err}"
                 with suppress(OSError):
-                    _write_json(exit_json, asdict(status))
+                    _write_json(os.path.join(spec.state_dir, "exit.json"), asdict(status))
         self._reap()
         with suppress(FileNotFoundError):
             os.unlink(os.path.join(spec.state_dir, "shim.json"))

@@ -86,7 +86,7 @@ from mini_docker.engine.shimclient import raise_error
 from mini_docker.errors import MiniDockerError
 
 if TYPE_CHECKING:
-    from mini_docker.runtime.prepared import InitMaker
+    from mini_docker.runtime.prepared import InitMaker, PreparedInit
 
 # What a shim needs beyond what shim.py imports itself: loaded once, here.
 PRELOAD = ("mini_docker.engine.logs", "mini_docker.runtime.init", "mini_docker.runtime.rootfs",
@@ -357,56 +357,75 @@ class _Worker:
 def _serve_containers(sock: socket.socket) -> NoReturn:
     """A shim's life: container after container, until it is dismissed, or leaves."""
     from mini_docker.engine import shim
-    from mini_docker.runtime.prepared import InitMaker
 
-    status, served, maker = 1, 0, None
+    status, served, ahead = 1, 0, _NextInit()
     try:
-        while (work := _wait_for_work(sock, served > 0, maker)) is not None:
+        while (work := _wait_for_work(sock, ahead, fresh=served == 0)) is not None:
             served += 1
             if not shim.main(*work, zygote=sock if served < MAX_CONTAINERS_PER_SHIM else None,
-                             own=() if maker is None else (maker.fileno(),)):
+                             own=ahead.fds(), meanwhile=ahead.prepare):
                 break  # it has left
-            if maker is not None and maker.broken:  # killed: another one
-                maker.close()
-                maker = None
-            if maker is None:  # back for another container: from now on, a maker forks inits
-                with suppress(Exception):
-                    maker = InitMaker()
         status = 0
     finally:
-        if maker is not None:
-            maker.close()
+        ahead.close()
         os._exit(status)
 
 
-def _wait_for_work(sock: socket.socket, reused: bool,
-                   maker: InitMaker | None = None) -> tuple[ShimSpec, int, object] | None:
-    """An idle shim: prepare the next container's init (forked by `maker` if there is
-    one), warm up (a fresh fork), wait for a ShimSpec and a pipe to report on. None:
-    dismissed."""
+class _NextInit:
+    """A shim's next container's init, prepared while it waits, or while it tidies up
+    after its last container: forked by the shim itself when it is new, and once it
+    is back from a container, by its init maker (runtime/prepared.py)."""
+
+    def __init__(self) -> None:
+        self.maker: InitMaker | None = None
+        self.prepared: PreparedInit | None = None
+
+    def prepare(self, own_fork: bool = False) -> None:
+        from mini_docker.runtime.prepared import InitMaker, PreparedInit
+
+        if self.maker is not None and self.maker.broken:  # killed: another one
+            self.maker.close()
+            self.maker = None
+        if self.maker is None and not own_fork:
+            with suppress(Exception):  # without it, the shim forks its inits itself
+                self.maker = InitMaker()
+        with suppress(Exception):  # without it, create forks as usual
+            self.prepared = PreparedInit(maker=self.maker)
+
+    def take(self) -> PreparedInit | None:
+        prepared, self.prepared = self.prepared, None
+        return prepared
+
+    def fds(self) -> tuple[int, ...]:
+        """What is open for it in the shim between two containers: the maker's socket."""
+        return () if self.maker is None else (self.maker.fileno(),)
+
+    def close(self) -> None:
+        if self.prepared is not None:
+            self.prepared.discard()
+        if self.maker is not None:
+            self.maker.close()
+
+
+def _wait_for_work(sock: socket.socket, ahead: _NextInit,
+                   fresh: bool) -> tuple[ShimSpec, int, object] | None:
+    """An idle shim: with the next container's init prepared (`fresh`: a new shim
+    prepares it now, and warms up), wait for a ShimSpec and a pipe to report on.
+    None: dismissed."""
     from mini_docker.engine import shim
     from mini_docker.kernel import constants as C
     from mini_docker.kernel import prctl
-    from mini_docker.runtime.prepared import PreparedInit
 
-    prepared = None
-    try:
-        if not reused:
-            prctl(C.PR_SET_CHILD_SUBREAPER, 1)  # the prepared init's parent, once stage 1 exits
-        with suppress(Exception):  # without it, create forks as usual
-            prepared = PreparedInit(maker=maker)
-        if not reused:  # after the fork above, which shares our pages with the init once more
-            with suppress(Exception):  # only ever a matter of speed
-                shim.warm_up()
-        message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 1)
-        if not (message and fds):
-            return None
-        os.set_inheritable(fds[0], False)
-        work, prepared = (ShimSpec(**json.loads(message)), fds[0], prepared), None
-        return work
-    finally:
-        if prepared is not None:
-            prepared.discard()
+    if fresh:
+        prctl(C.PR_SET_CHILD_SUBREAPER, 1)  # the prepared init's parent, once stage 1 exits
+        ahead.prepare(own_fork=True)
+        with suppress(Exception):  # after the fork above, which shares our pages with the init
+            shim.warm_up()
+    message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 1)
+    if not (message and fds):
+        return None  # the caller discards the prepared init
+    os.set_inheritable(fds[0], False)
+    return ShimSpec(**json.loads(message)), fds[0], ahead.take()
 
 
 def warm_up(rounds: int = 10) -> None:

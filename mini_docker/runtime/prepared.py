@@ -89,7 +89,7 @@ MAX_FDS = 253  # SCM_RIGHTS carries at most this many descriptors in one message
 class PreparedInit:
     """A container init forked ahead of time, waiting in its new namespaces."""
 
-    __slots__ = ("flags", "group", "pid", "stage0", "sync", "_socket")
+    __slots__ = ("flags", "group", "stage0", "sync", "_maker", "_pid", "_socket")
 
     _made = 0  # how many this process has made: part of each group's name
 
@@ -108,9 +108,11 @@ class PreparedInit:
         self.stage0 = self.group is None
         self.sync = SyncPipe.open()
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if maker is not None:
+        self._maker = maker
+        if maker is not None:  # it answers with the pid while we go on (see pid)
+            self._pid = None
             try:
-                self.pid = maker.make(self.sync, theirs, flags, self.group)
+                maker.ask(self.sync, theirs, flags, self.group)
             except BaseException:
                 theirs.close()
                 self._socket.close()
@@ -120,14 +122,32 @@ class PreparedInit:
                     cgroup.remove(self.group.path)
                 raise
         elif self.stage0:
-            self.pid = fork()
+            self._pid = fork()
         else:  # the init itself
-            self.pid = _fork_into_new_pid_namespace() if flags & C.CLONE_NEWPID else fork()
-        if self.pid == 0:
+            self._pid = _fork_into_new_pid_namespace() if flags & C.CLONE_NEWPID else fork()
+        if self._pid == 0:
             self._socket.close()
             _wait_for_work(self.sync, theirs, flags, self.group, self.stage0)  # never returns
         theirs.close()
         self.sync.parent_side()
+
+    @property
+    def pid(self) -> int:
+        """The process made: the init, or a stage 0. For one a maker forks, the maker's
+        answer, read the first time it is needed (MiniDockerError: it could not fork)."""
+        if self._pid is None:
+            if self._maker is None:
+                raise MiniDockerError("the init maker could not fork this prepared init")
+            maker, self._maker = self._maker, None
+            self._pid = maker.answer()
+        return self._pid
+
+    def _forked(self) -> bool:
+        """Whether its process exists (was forked), reading the maker's answer if need be."""
+        try:
+            return self.pid > 0
+        except MiniDockerError:
+            return False
 
     @property
     def init_pid(self) -> int | None:
@@ -142,7 +162,7 @@ class PreparedInit:
                 or os.path.dirname(group_path) != os.path.dirname(self.group.path)
                 or cgroup.open_group(group_path).exists()):
             return False  # its group cannot become that one
-        return (preserve_fds == 0 and self._socket is not None
+        return (preserve_fds == 0 and self._socket is not None and self._forked()
                 and sum(map(is_bind, spec.mounts)) <= MAX_FDS - 6
                 and new_namespace_flags(spec) & ~C.CLONE_NEWCGROUP == self.flags
                 and not any(ns.path for ns in linux.namespaces)
@@ -206,10 +226,11 @@ class PreparedInit:
         while self.sync.receive() is not None:  # EOF once the init has gone
             pass
         self.sync.close_parent()
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass  # reaped already, by a caller's loop that reaps every child
+        if self._forked():
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass  # reaped already, by a caller's loop that reaps every child
         if self.group is not None:
             cgroup.remove(self.group.path)  # and "mini-docker/", if nothing else is in it
             self.group = None
@@ -243,12 +264,19 @@ class InitMaker:
     def fileno(self) -> int:
         return self._socket.fileno()
 
-    def make(self, sync: SyncPipe, sock: socket.socket, flags: int, group: Cgroup | None) -> int:
-        """Fork a prepared init (a stage 0 without a `group`), our child; return its pid.
-        It is given the child's ends of `sync`, and `sock`."""
+    def ask(self, sync: SyncPipe, sock: socket.socket, flags: int, group: Cgroup | None) -> None:
+        """Have it fork a prepared init (a stage 0 without a `group`), our child, given the
+        child's ends of `sync`, and `sock`; `answer` says its pid. One at a time."""
         try:
             socket.send_fds(self._socket, [pickle.dumps((flags, group), pickle.HIGHEST_PROTOCOL)],
                             [sync.report_w, sync.go_r, sock.fileno()])
+        except OSError as err:
+            self.broken = True
+            raise MiniDockerError(f"the init maker cannot fork: {err.strerror}") from None
+
+    def answer(self) -> int:
+        """The pid of the process it forked at the last `ask`."""
+        try:
             answer = self._socket.recv(256)
         except OSError as err:
             answer = err.strerror.encode()
