@@ -105,10 +105,10 @@ def _clone3(flags: int, exit_signal: int, cgroup: int = 0) -> int:
     api.PyOS_BeforeFork()
     pid = _libc.syscall(ctypes.c_long(C.SYS_CLONE3), ctypes.byref(args),
                         ctypes.c_size_t(ctypes.sizeof(args)))
-    err = ctypes.get_errno()
-    if pid == 0:
+    if pid == 0:  # as little as can be before the hooks: each page written is copied
         api.PyOS_AfterFork_Child()
         return 0
+    err = ctypes.get_errno() if pid < 0 else 0
     api.PyOS_AfterFork_Parent()
     if pid < 0:
         raise OSError(err, f"clone3: {os.strerror(err)}")
