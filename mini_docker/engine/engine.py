@@ -204,7 +204,7 @@ class Engine(Inside, Exits):
         try:
             # mounted now, so that a bad user or working directory is refused at once;
             # it stays mounted for the start that usually follows
-            rootfs = self.snapshots.mount_rootfs(container_id, digest)
+            rootfs = self.snapshots.mount_rootfs(container_id, digest, (manifest, image_config))
             self._write_spec(record, image_config, str(rootfs))
             if save:
                 self.records.save(record)

@@ -70,7 +70,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 from mini_docker.errors import Conflict, InvalidArgument, MiniDockerError, NotFound
 from mini_docker.image import whiteout as wh
-from mini_docker.image.oci import CHUNK, Descriptor, DiffIDReader, chain_ids, layer_compression
+from mini_docker.image.oci import (CHUNK, Descriptor, DiffIDReader, ImageConfig, Manifest,
+                                   chain_ids, layer_compression)
 from mini_docker.image.store import Image, ImageStore
 from mini_docker.image.unpack import unpack_layer
 from mini_docker.kernel import mount, run_isolated, umount2
@@ -157,11 +158,17 @@ class Snapshotter:
 
     # -- layers --
 
-    def layers_of(self, image: str | Image) -> list[Layer]:
-        """The image's layers, base first, each with its ChainID."""
-        digest = image.digest if isinstance(image, Image) else self.store.resolve(image)
-        manifest = self.store.manifest(digest)
-        config = self.store.config(manifest)
+    def layers_of(self, image: str | Image,
+                  parsed: tuple[Manifest, ImageConfig] | None = None) -> list[Layer]:
+        """The image's layers, base first, each with its ChainID. `parsed`: the image's
+        manifest and config, if the caller has read them already (`image` is then the
+        manifest's digest)."""
+        if parsed is not None:
+            digest, (manifest, config) = str(image), parsed
+        else:
+            digest = self._digest(image)
+            manifest = self.store.manifest(digest)
+            config = self.store.config(manifest)
         if len(manifest.layers) != len(config.diff_ids):
             raise InvalidArgument(f"image {digest}: its manifest lists {len(manifest.layers)} "
                                   f"layers but its config {len(config.diff_ids)} diff_ids")
@@ -240,17 +247,18 @@ class Snapshotter:
                                   "'_', '.' and '-' only, starting with a letter or digit")
         return self.container_root / container_id
 
-    def mount_rootfs(self, container_id: str, image: str | Image) -> Path:
+    def mount_rootfs(self, container_id: str, image: str | Image,
+                     parsed: tuple[Manifest, ImageConfig] | None = None) -> Path:
         """Mount the container's root filesystem: the image's layers and a writable one.
 
         Returns the merged directory. A container whose rootfs exists (made
         earlier, now unmounted) is mounted again with the same upper layer.
         If making a new one fails, nothing of it is left: no directory, no
-        mount, no half-unpacked layer.
+        mount, no half-unpacked layer. `parsed`: as for layers_of.
         """
         directory = self.container_dir(container_id)
         with self._lock():
-            layers = self.layers_of(image)
+            layers = self.layers_of(image, parsed)
             chains = [layer.chain_id for layer in layers]
             if directory.is_dir():
                 if self._record(container_id)["chain_ids"] != chains:
@@ -269,7 +277,8 @@ class Snapshotter:
                 _make_upper(directory / "upper", like=lowers[0])
                 (directory / "work").mkdir(mode=0o700)
                 (directory / "merged").mkdir(mode=0o755)
-                _write_json(directory / RECORD, {"image": self._digest(image), "chain_ids": chains})
+                digest = image if parsed is not None else self._digest(image)
+                _write_json(directory / RECORD, {"image": digest, "chain_ids": chains})
                 self._mount_overlay(lowers, layers[::-1], directory)
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
