@@ -323,7 +323,8 @@ def test_killed_idle_shims_are_replaced_and_the_next_start_goes_on(engine):
                        and proc_stat(pid)[0] == "mini-zygote" and proc_stat(pid)[1][0] not in "ZX"]) < 2:
         assert time.monotonic() < deadline, f"idle shims: {idle}"
         time.sleep(0.01)
-    inits = [pid for pid in all_pids() if parent_of(pid) in idle]
+    # A shim looks idle (its name) only once it has tidied its last container away.
+    assert not any(engine.runtime_root.iterdir())
     for shim in idle:
         os.kill(shim, signal.SIGKILL)
     while any(os.path.exists(f"/proc/{shim}") for shim in idle):  # dead, their sockets
@@ -331,12 +332,18 @@ def test_killed_idle_shims_are_replaced_and_the_next_start_goes_on(engine):
         time.sleep(0.01)                    # hand-over fails that start)
     try:
         assert engine.containers.run("busybox", ["echo", "hi"], remove=True) == b"hi\n"
-    finally:  # its init reads EOF and exits (a child of ours, if we are a subreaper)
-        for pid in inits:
-            while proc_stat(pid)[1][:1] not in ([], ["Z"]) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+    finally:
+        # What the killed shims had below them (a prepared init, which reads EOF and
+        # exits; an init maker, killed with its shim) comes to us, a subreaper: reap it.
+        while orphans := [pid for pid in all_pids() if parent_of(pid) == os.getpid()
+                          and proc_stat(pid)[0] in ("mini-zygote", "mini-initmaker")
+                          and pid != zygote]:
+            for pid in orphans:
+                if proc_stat(pid)[1][:1] == ["Z"]:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+            assert time.monotonic() < deadline + 10, f"orphans left: {orphans}"
+            time.sleep(0.01)
         sweep()  # the group it leaves (see above)
 
 

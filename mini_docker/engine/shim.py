@@ -233,9 +233,9 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
     shim.serve()
     if not shim.stays or zygote is None:
         return False
+    stays = False
     try:
         shim.release()
-        name_process("mini-zygote")  # idle, as a spare is
         if _open_fds() - {0, 1, 2, zygote.fileno(), *own}:
             return False  # something of the container's is still open: leave, not keep it
         try:
@@ -246,9 +246,12 @@ def main(spec: ShimSpec, ready: int, prepared: PreparedInit | None = None,
             return False  # the zygote has gone
         if meanwhile is not None:
             meanwhile()
+        stays = True
         return True
     finally:
         shim.tidy()
+        if stays:
+            name_process("mini-zygote")  # idle, as a spare is, once all is tidied up
 
 
 class Shim(ShimServer):
