@@ -187,9 +187,15 @@ def test_the_oom_killer_is_reported(containers):
     assert (status.exit_code, status.oom_killed) == (137, True)
 
 
-def test_the_id_can_be_used_again_once_exit_json_is_there(containers):
+def test_the_id_can_be_used_again_once_the_shim_has_tidied_up(containers):
+    """exit.json comes first, then the shim deletes the runtime state; the engine waits
+    for both before it starts a container again, and so does this test."""
     spec, _shim = containers.run("true")
     wait_for_exit(spec.state_dir)
+    deadline = time.monotonic() + 10
+    while os.path.exists(os.path.join(spec.runtime_root, spec.container_id)):
+        assert time.monotonic() < deadline, "the runtime state is still there"
+        time.sleep(0.01)
     again = containers.spawn_spec(spec)
     with ShimClient(again.socket) as client:
         attachment = client.attach()
