@@ -163,10 +163,10 @@ class Snapshotter:
         """The image's layers, base first, each with its ChainID. `parsed`: the image's
         manifest and config, if the caller has read them already (`image` is then the
         manifest's digest)."""
+        digest = self._digest(image, parsed)
         if parsed is not None:
-            digest, (manifest, config) = str(image), parsed
+            manifest, config = parsed
         else:
-            digest = self._digest(image)
             manifest = self.store.manifest(digest)
             config = self.store.config(manifest)
         if len(manifest.layers) != len(config.diff_ids):
@@ -258,7 +258,8 @@ class Snapshotter:
         """
         directory = self.container_dir(container_id)
         with self._lock():
-            layers = self.layers_of(image, parsed)
+            digest = self._digest(image, parsed)
+            layers = self.layers_of(digest, parsed)
             chains = [layer.chain_id for layer in layers]
             if directory.is_dir():
                 if self._record(container_id)["chain_ids"] != chains:
@@ -277,7 +278,6 @@ class Snapshotter:
                 _make_upper(directory / "upper", like=lowers[0])
                 (directory / "work").mkdir(mode=0o700)
                 (directory / "merged").mkdir(mode=0o755)
-                digest = image if parsed is not None else self._digest(image)
                 _write_json(directory / RECORD, {"image": digest, "chain_ids": chains})
                 self._mount_overlay(lowers, layers[::-1], directory)
             except BaseException:
@@ -480,8 +480,11 @@ class Snapshotter:
         except FileNotFoundError:
             raise NotFound(f"container {container_id} has no root filesystem") from None
 
-    def _digest(self, image: str | Image) -> str:
-        return image.digest if isinstance(image, Image) else self.store.resolve(image)
+    def _digest(self, image: str | Image, parsed: object = None) -> str:
+        """The manifest digest of `image`; given `parsed`, a str `image` is that digest."""
+        if isinstance(image, Image):
+            return image.digest
+        return image if parsed is not None else self.store.resolve(image)
 
     @contextmanager
     def _lock(self, exclusive: bool = False) -> Iterator[None]:
