@@ -48,7 +48,6 @@ class Monitor:
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, int | None, bytes]] = []  # watch's arguments
         self._timers: list[tuple[float, str]] = []
-        self._watched: dict[str, int] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
 
